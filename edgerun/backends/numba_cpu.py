@@ -1,0 +1,429 @@
+"""Numba CPU kernels over GGUF block-quantized weights.
+
+Layout: a weight is uint8 ``(N, row_bytes)`` (F32: float32 ``(N, K)``). One set of row kernels
+(matvec, fused small-batch matmul, row dequantize) serves every block type; the per-type work lives
+in two small inlined helpers, ``_dot_block`` (one block . x, used by B=1 decode) and ``_deq_block``
+(one block -> f32), which branch on the type id. The branch is loop-invariant and cheap next to the
+32..256-element inner loops, which LLVM vectorizes.
+
+Decode (B=1) never materialises dequantized weights: offsets/mins are folded in through
+precomputed per-16 sums of ``x``, so the inner loops are ``float(q) * x`` FMAs over contiguous
+elements. For B>1 every block is dequantized once and used for all B rows; for larger batches
+rows are dequantized in chunks and multiplied with BLAS.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from gguf.constants import GGMLQuantizationType as _T
+from numba import njit, prange
+
+from edgerun.backends.base import QTensor
+from edgerun.quant.traits import TRAITS, row_bytes
+
+F32 = int(_T.F32)
+F16 = int(_T.F16)
+BF16 = int(_T.BF16)
+Q4_0 = int(_T.Q4_0)
+Q4_1 = int(_T.Q4_1)
+Q5_0 = int(_T.Q5_0)
+Q5_1 = int(_T.Q5_1)
+Q8_0 = int(_T.Q8_0)
+Q4_K = int(_T.Q4_K)
+Q5_K = int(_T.Q5_K)
+Q6_K = int(_T.Q6_K)
+
+SUPPORTED: frozenset[int] = frozenset(TRAITS)
+_SMALL_BATCH = 8  # up to this many rows of x use the fused kernel; above, chunked dequant + BLAS
+
+# half -> float lookup tables (256 KiB each, stay in L2)
+_F16_LUT = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+_BF16_LUT = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
+
+_f32 = np.float32
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+@njit(inline="always")
+def _half(lut, row, o):
+    return lut[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
+
+
+@njit(inline="always")
+def _u32(row, o):
+    return (
+        np.int64(row[o])
+        | (np.int64(row[o + 1]) << 8)
+        | (np.int64(row[o + 2]) << 16)
+        | (np.int64(row[o + 3]) << 24)
+    )
+
+
+@njit(inline="always")
+def _scale_min(row, so, j):
+    """6-bit (scale, min) of sub-block j from the 12-byte K-quant table at row[so:]."""
+    if j < 4:
+        return np.int64(row[so + j]) & 63, np.int64(row[so + j + 4]) & 63
+    sc = (np.int64(row[so + j + 4]) & 15) | ((np.int64(row[so + j - 4]) >> 6) << 4)
+    mn = (np.int64(row[so + j + 4]) >> 4) | ((np.int64(row[so + j]) >> 6) << 4)
+    return sc, mn
+
+
+@njit(inline="always", fastmath=True)
+def _dot_block(kind, bs, row, srow, o, x, xo, xs, lut):
+    """sum_i w[i] * x[xo + i] over the block at byte offset o. xs holds sums of x per 16."""
+    if kind == Q8_0:
+        d = _half(lut, row, o)
+        s = _f32(0.0)
+        for i in range(32):
+            s += _f32(srow[o + 2 + i]) * x[xo + i]
+        return d * s
+    if kind == Q4_0 or kind == Q4_1:
+        d = _half(lut, row, o)
+        qo = o + 2 if kind == Q4_0 else o + 4
+        s = _f32(0.0)
+        for j in range(16):
+            b = row[qo + j]
+            s += _f32(b & 15) * x[xo + j] + _f32(b >> 4) * x[xo + 16 + j]
+        xsum = xs[xo >> 4] + xs[(xo >> 4) + 1]
+        if kind == Q4_0:
+            return d * (s - _f32(8.0) * xsum)
+        return d * s + _half(lut, row, o + 2) * xsum
+    if kind == Q5_0 or kind == Q5_1:
+        d = _half(lut, row, o)
+        ho = o + 2 if kind == Q5_0 else o + 4
+        qh = _u32(row, ho)
+        qo = ho + 4
+        s = _f32(0.0)
+        for j in range(16):
+            b = row[qo + j]
+            lo = (b & 15) | (((qh >> j) & 1) << 4)
+            hi = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
+            s += _f32(lo) * x[xo + j] + _f32(hi) * x[xo + 16 + j]
+        xsum = xs[xo >> 4] + xs[(xo >> 4) + 1]
+        if kind == Q5_0:
+            return d * (s - _f32(16.0) * xsum)
+        return d * s + _half(lut, row, o + 2) * xsum
+    if kind == Q4_K or kind == Q5_K:
+        d = _half(lut, row, o)
+        dmin = _half(lut, row, o + 2)
+        qo = o + 16 if kind == Q4_K else o + 48
+        acc = _f32(0.0)
+        for j in range(4):
+            sc0, m0 = _scale_min(row, o + 4, 2 * j)
+            sc1, m1 = _scale_min(row, o + 4, 2 * j + 1)
+            x0 = xo + 64 * j
+            s0 = _f32(0.0)
+            s1 = _f32(0.0)
+            if kind == Q4_K:
+                for l in range(32):
+                    b = row[qo + 32 * j + l]
+                    s0 += _f32(b & 15) * x[x0 + l]
+                    s1 += _f32(b >> 4) * x[x0 + 32 + l]
+            else:
+                for l in range(32):
+                    b = row[qo + 32 * j + l]
+                    h = row[o + 16 + l] >> (2 * j)
+                    s0 += _f32((b & 15) | ((h & 1) << 4)) * x[x0 + l]
+                    s1 += _f32((b >> 4) | ((h & 2) << 3)) * x[x0 + 32 + l]
+            xi = x0 >> 4
+            acc += d * (_f32(sc0) * s0 + _f32(sc1) * s1) - dmin * (
+                _f32(m0) * (xs[xi] + xs[xi + 1]) + _f32(m1) * (xs[xi + 2] + xs[xi + 3])
+            )
+        return acc
+    if kind == Q6_K:
+        d = _half(lut, row, o + 208)
+        acc = _f32(0.0)
+        for hf in range(2):
+            qlo = o + 64 * hf
+            qho = o + 128 + 32 * hf
+            sco = o + 192 + 8 * hf
+            xb = xo + 128 * hf
+            for g in range(2):
+                s1 = _f32(0.0)
+                s2 = _f32(0.0)
+                s3 = _f32(0.0)
+                s4 = _f32(0.0)
+                for l in range(16 * g, 16 * g + 16):
+                    a = row[qlo + l]
+                    c = row[qlo + 32 + l]
+                    h = row[qho + l]
+                    s1 += _f32((a & 15) | ((h & 3) << 4)) * x[xb + l]
+                    s2 += _f32((c & 15) | ((h & 12) << 2)) * x[xb + 32 + l]
+                    s3 += _f32((a >> 4) | (h & 48)) * x[xb + 64 + l]
+                    s4 += _f32((c >> 4) | ((h >> 2) & 48)) * x[xb + 96 + l]
+                xi = (xb >> 4) + g
+                acc += d * (
+                    _f32(srow[sco + g]) * (s1 - _f32(32.0) * xs[xi])
+                    + _f32(srow[sco + g + 2]) * (s2 - _f32(32.0) * xs[xi + 2])
+                    + _f32(srow[sco + g + 4]) * (s3 - _f32(32.0) * xs[xi + 4])
+                    + _f32(srow[sco + g + 6]) * (s4 - _f32(32.0) * xs[xi + 6])
+                )
+        return acc
+    # F16 / BF16: the whole row is one "block" of bs elements, lut picks the format
+    s = _f32(0.0)
+    for i in range(bs):
+        s += _half(lut, row, o + 2 * i) * x[xo + i]
+    return s
+
+
+@njit(inline="always", fastmath=True)
+def _deq_block(kind, bs, row, srow, o, lut, out, oo):
+    """Dequantize the block at byte offset o into out[oo : oo + bs]."""
+    if kind == Q8_0:
+        d = _half(lut, row, o)
+        for i in range(32):
+            out[oo + i] = d * _f32(srow[o + 2 + i])
+    elif kind == Q4_0 or kind == Q4_1:
+        d = _half(lut, row, o)
+        m = _f32(-8.0) * d if kind == Q4_0 else _half(lut, row, o + 2)
+        qo = o + 2 if kind == Q4_0 else o + 4
+        for j in range(16):
+            b = row[qo + j]
+            out[oo + j] = d * _f32(b & 15) + m
+            out[oo + 16 + j] = d * _f32(b >> 4) + m
+    elif kind == Q5_0 or kind == Q5_1:
+        d = _half(lut, row, o)
+        m = _f32(-16.0) * d if kind == Q5_0 else _half(lut, row, o + 2)
+        ho = o + 2 if kind == Q5_0 else o + 4
+        qh = _u32(row, ho)
+        for j in range(16):
+            b = row[ho + 4 + j]
+            out[oo + j] = d * _f32((b & 15) | (((qh >> j) & 1) << 4)) + m
+            out[oo + 16 + j] = d * _f32((b >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m
+    elif kind == Q4_K or kind == Q5_K:
+        d = _half(lut, row, o)
+        dmin = _half(lut, row, o + 2)
+        qo = o + 16 if kind == Q4_K else o + 48
+        for j in range(4):
+            sc0, m0 = _scale_min(row, o + 4, 2 * j)
+            sc1, m1 = _scale_min(row, o + 4, 2 * j + 1)
+            d0 = d * _f32(sc0)
+            d1 = d * _f32(sc1)
+            n0 = dmin * _f32(m0)
+            n1 = dmin * _f32(m1)
+            x0 = oo + 64 * j
+            for l in range(32):
+                b = row[qo + 32 * j + l]
+                lo = b & 15
+                hi = b >> 4
+                if kind == Q5_K:
+                    h = row[o + 16 + l] >> (2 * j)
+                    lo |= (h & 1) << 4
+                    hi |= (h & 2) << 3
+                out[x0 + l] = d0 * _f32(lo) - n0
+                out[x0 + 32 + l] = d1 * _f32(hi) - n1
+    elif kind == Q6_K:
+        d = _half(lut, row, o + 208)
+        for hf in range(2):
+            qlo = o + 64 * hf
+            qho = o + 128 + 32 * hf
+            sco = o + 192 + 8 * hf
+            xb = oo + 128 * hf
+            for l in range(32):
+                g = l >> 4
+                a = row[qlo + l]
+                c = row[qlo + 32 + l]
+                h = row[qho + l]
+                out[xb + l] = d * _f32(srow[sco + g]) * _f32(((a & 15) | ((h & 3) << 4)) - 32)
+                out[xb + 32 + l] = d * _f32(srow[sco + g + 2]) * _f32(((c & 15) | ((h & 12) << 2)) - 32)
+                out[xb + 64 + l] = d * _f32(srow[sco + g + 4]) * _f32(((a >> 4) | (h & 48)) - 32)
+                out[xb + 96 + l] = d * _f32(srow[sco + g + 6]) * _f32(((c >> 4) | ((h >> 2) & 48)) - 32)
+    else:  # F16 / BF16
+        for i in range(bs):
+            out[oo + i] = _half(lut, row, o + 2 * i)
+
+
+@njit(inline="always")
+def _deq_row(kind, bs, ts, row, srow, lut, out):
+    for b in range(out.shape[0] // bs):
+        _deq_block(kind, bs, row, srow, b * ts, lut, out, b * bs)
+
+
+# ------------------------------------------------------------------------------ row kernels
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _matvec_kernel(kind, bs, ts, data, sdata, x, xs, lut, out):
+    nb = x.shape[0] // bs
+    for r in prange(data.shape[0]):
+        row = data[r]
+        srow = sdata[r]
+        acc = _f32(0.0)
+        for b in range(nb):
+            acc += _dot_block(kind, bs, row, srow, b * ts, x, b * bs, xs, lut)
+        out[r] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _matmul_kernel(kind, bs, ts, data, sdata, x, lut, out):
+    nb, k = x.shape
+    for r in prange(data.shape[0]):
+        w = np.empty(k, np.float32)
+        _deq_row(kind, bs, ts, data[r], sdata[r], lut, w)
+        for bi in range(nb):
+            s = _f32(0.0)
+            for i in range(k):
+                s += w[i] * x[bi, i]
+            out[bi, r] = s
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _deq_rows_kernel(kind, bs, ts, data, sdata, ids, lut, out):
+    for t in prange(ids.shape[0]):
+        r = ids[t]
+        _deq_row(kind, bs, ts, data[r], sdata[r], lut, out[t])
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _matvec_f32_kernel(w, x, out):
+    k = x.shape[0]
+    for r in prange(w.shape[0]):
+        s = _f32(0.0)
+        for i in range(k):
+            s += w[r, i] * x[i]
+        out[r] = s
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def _geometry(qtype: int, k: int) -> tuple[int, int, np.ndarray]:
+    """(logical block size, bytes per logical block, half lut) of the row kernels."""
+    t = TRAITS[qtype]
+    if qtype in (F16, BF16):
+        return k, 2 * k, (_BF16_LUT if qtype == BF16 else _F16_LUT)
+    return t.block_size, t.type_size, _F16_LUT
+
+
+def _check(qtype: int, data: np.ndarray, k: int) -> np.ndarray:
+    if qtype not in SUPPORTED:
+        raise ValueError(f"numba backend: unsupported quant type {qtype}")
+    data = np.asarray(data)
+    if qtype == F32:
+        if data.dtype != np.float32 or data.ndim != 2 or data.shape[1] != k:
+            raise ValueError(f"F32 weight must be float32 (N, {k}), got {data.dtype} {data.shape}")
+        return np.ascontiguousarray(data)
+    rb = row_bytes(qtype, k)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != rb:
+        raise ValueError(
+            f"{TRAITS[qtype].name} weight must be uint8 (N, {rb}) for K={k}, got {data.dtype} {data.shape}"
+        )
+    return np.ascontiguousarray(data)
+
+
+def _x_sums(x: np.ndarray) -> np.ndarray:
+    k = x.shape[0]
+    if k % 16:
+        return np.zeros(1, np.float32)
+    return x.reshape(-1, 16).sum(axis=1, dtype=np.float32)
+
+
+def dequantize_rows(qtype: int, data: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Dequantize rows ``ids`` of a weight: -> (len(ids), k) float32."""
+    data = _check(qtype, data, k)
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= data.shape[0]):
+        raise IndexError(f"row id out of range [0, {data.shape[0]})")
+    if qtype == F32:
+        return data[ids]
+    out = np.empty((ids.shape[0], k), np.float32)
+    if ids.size == 0 or k == 0:
+        return out
+    bs, ts, lut = _geometry(qtype, k)
+    _deq_rows_kernel(qtype, bs, ts, data, data.view(np.int8), ids, lut, out)
+    return out
+
+
+def get_rows(qtype: int, data: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Embedding lookup: rows ``ids`` (T,) of ``data`` dequantized -> (T, K) float32."""
+    return dequantize_rows(qtype, data, ids, k)
+
+
+def matmul(qtype: int, data: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x @ W.T``: x (B, K) float32 (or (K,)), W in block layout (N, row_bytes) -> (B, N) float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    squeeze = x.ndim == 1
+    x2 = x.reshape(1, -1) if squeeze else x
+    b, k = x2.shape
+    data = _check(qtype, data, k)
+    n = data.shape[0]
+    out = np.empty((b, n), np.float32)
+    if b == 0 or n == 0:
+        return out[0] if squeeze else out
+    if b > _SMALL_BATCH:
+        chunk = max(16, (1 << 20) // max(k, 1))  # ~4 MiB of f32 weights per BLAS call
+        for r0 in range(0, n, chunk):
+            r1 = min(n, r0 + chunk)
+            if qtype == F32:
+                w = data[r0:r1]
+            else:
+                w = dequantize_rows(qtype, data, np.arange(r0, r1), k)
+            np.matmul(x2, w.T, out=out[:, r0:r1])
+    elif qtype == F32:
+        if b == 1:
+            _matvec_f32_kernel(data, x2[0], out[0])
+        else:
+            np.matmul(x2, data.T, out=out)
+    else:
+        bs, ts, lut = _geometry(qtype, k)
+        sdata = data.view(np.int8)
+        if b == 1:
+            _matvec_kernel(qtype, bs, ts, data, sdata, x2[0], _x_sums(x2[0]), lut, out[0])
+        else:
+            _matmul_kernel(qtype, bs, ts, data, sdata, x2, lut, out)
+    return out[0] if squeeze else out
+
+
+def set_threads(n: int) -> None:
+    """Number of threads the kernels use (clamped to 1..numba.config.NUMBA_NUM_THREADS)."""
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+def get_threads() -> int:
+    """Threads the kernels currently use."""
+    return int(numba.get_num_threads())
+
+
+def prewarm(qtypes: tuple[int, ...] | None = None) -> None:
+    """Compile (or load from the on-disk cache) the kernels for ``qtypes`` (default: all) with tiny inputs."""
+    rng = np.random.default_rng(0)
+    for qt in qtypes if qtypes is not None else sorted(SUPPORTED):
+        k = TRAITS[qt].block_size if TRAITS[qt].block_size > 1 else 32
+        if qt == F32:
+            w = np.zeros((2, k), np.float32)
+        else:
+            w = np.zeros((2, row_bytes(qt, k)), np.uint8)
+        x = rng.standard_normal((2, k)).astype(np.float32)
+        matmul(qt, w, x[:1])
+        matmul(qt, w, x)
+        get_rows(qt, w, np.array([1, 0]), k)
+
+
+class NumbaBackend:
+    """:class:`~edgerun.backends.base.Backend` over the Numba kernels."""
+
+    name = "numba"
+
+    def __init__(self, n_threads: int | None = None) -> None:
+        if n_threads is not None:
+            set_threads(n_threads)
+
+    def supports(self, op: str, qtype: int) -> bool:
+        """matmul and get_rows for every type in :data:`edgerun.quant.traits.TRAITS`."""
+        return op in ("matmul", "get_rows") and int(qtype) in SUPPORTED
+
+    def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
+        """x (B, K) float32 -> (B, N) float32."""
+        return matmul(w.qtype, w.data, x)
+
+    def get_rows(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
+        """ids (T,) -> (T, K) float32."""
+        return get_rows(w.qtype, w.data, ids, w.k)
+
+    def set_threads(self, n: int) -> None:
+        """Thread count for the kernels."""
+        set_threads(n)
