@@ -1,0 +1,17 @@
+"""Pick the architecture class from `general.architecture`."""
+
+from __future__ import annotations
+
+from edgerun.models.base import ModelLoadError, Transformer
+from edgerun.models.gemma3 import Gemma3
+from edgerun.models.llama import Llama, Mistral
+from edgerun.models.qwen2 import Qwen2
+
+ARCHITECTURES: dict[str, type[Transformer]] = {c.arch: c for c in (Llama, Mistral, Qwen2, Gemma3)}
+
+
+def model_class(arch: str) -> type[Transformer]:
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(f"unsupported architecture '{arch}' (supported: "
+                             f"{', '.join(sorted(ARCHITECTURES))})")
+    return ARCHITECTURES[arch]

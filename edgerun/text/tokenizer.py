@@ -1,0 +1,117 @@
+"""Tokenizer (llama.cpp's, vocab-only) and chat templates (sandboxed jinja2)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edgerun.quant.gguf_file import GGUFFile
+
+
+class ChatTemplateError(ValueError):
+    """The model's chat template failed to render the conversation."""
+
+
+def _raise(msg: str) -> None:
+    raise TemplateError(msg)
+
+
+# Fallback when a model has no template: ChatML, as llama.cpp and Ollama do.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class Tokenizer:
+    """Exact GGUF tokenization through llama-cpp-python with `vocab_only=True`."""
+
+    def __init__(self, path: str | os.PathLike, gguf_file: GGUFFile | None = None) -> None:
+        import llama_cpp
+
+        self._llama = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        md = (gguf_file or GGUFFile(path)).metadata
+        self.vocab_size = int(self._llama.n_vocab())
+        self.bos_id = int(md.get("tokenizer.ggml.bos_token_id", self._llama.token_bos()))
+        self.eos_id = int(md.get("tokenizer.ggml.eos_token_id", self._llama.token_eos()))
+        # llama.cpp's default when the key is absent: add BOS for SPM vocabularies.
+        default_bos = md.get("tokenizer.ggml.model") == "llama"
+        self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", default_bos))
+        self.chat_template: str | None = md.get("tokenizer.chat_template")
+        vocab = self._llama._model.vocab
+        lib = llama_cpp.llama_cpp
+        self.eos_ids: set[int] = {
+            i for i in range(self.vocab_size) if lib.llama_vocab_is_eog(vocab, i)
+        } if self.vocab_size < 1_000_000 else {self.eos_id}
+        self.eos_ids.add(self.eos_id)
+        self._bos_text = self.piece(self.bos_id) if self.bos_id >= 0 else ""
+        self._eos_text = self.piece(self.eos_id) if self.eos_id >= 0 else ""
+
+    def encode(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        """Text -> ids. `add_bos=None` follows the model's metadata."""
+        bos = self.add_bos if add_bos is None else add_bos
+        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=bos, special=special))
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        return self._llama.detokenize([token_id], special=True)
+
+    def piece(self, token_id: int) -> str:
+        return self.piece_bytes(token_id).decode("utf-8", errors="replace")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._llama.detokenize(list(ids), special=False).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                            template: str | None = None) -> str:
+        """Render messages with the GGUF's template in a sandboxed jinja2 environment."""
+        src = template or self.chat_template or CHATML
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        try:
+            tpl = env.from_string(src)
+            return tpl.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                              bos_token=self._bos_text, eos_token=self._eos_text, tools=None)
+        except TemplateError as e:
+            raise ChatTemplateError(f"chat template error: {e}") from None
+
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """Render and tokenize; BOS is added only if the template did not write it."""
+        text = self.apply_chat_template(messages, add_generation_prompt)
+        add_bos = self.add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        return self.encode(text, add_bos=add_bos, special=True)
+
+
+class StreamDecoder:
+    """Incremental detokenizer that never splits a UTF-8 character."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok = tok
+        self.buf = b""
+
+    def push(self, token_id: int) -> str:
+        self.buf += self.tok._llama.detokenize([token_id], special=False)
+        try:
+            text = self.buf.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if len(self.buf) - e.start >= 4:  # invalid, not merely incomplete
+                text = self.buf.decode("utf-8", errors="replace")
+            else:
+                text = self.buf[: e.start].decode("utf-8")
+                self.buf = self.buf[e.start:]
+                return text
+        self.buf = b""
+        return text
+
+    def flush(self) -> str:
+        text = self.buf.decode("utf-8", errors="replace")
+        self.buf = b""
+        return text
