@@ -1,0 +1,61 @@
+"""The conversation: one bubble per message, assistant replies streamed as Markdown."""
+
+from __future__ import annotations
+
+from textual.containers import VerticalScroll
+from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System", "error": "Error"}
+
+
+class MessageBubble(Markdown):
+    """A single message rendered as Markdown; assistant replies grow while they stream."""
+
+    def __init__(self, role: str, content: str = "", title: str | None = None) -> None:
+        super().__init__(content, classes=f"message {role}")
+        self.role = role
+        self.content = content
+        self.border_title = title or ROLE_TITLES.get(role, role)
+        self._stream: MarkdownStream | None = None
+
+    async def write(self, fragment: str) -> None:
+        """Append a fragment (from the UI thread) through a coalescing Markdown stream."""
+        if not fragment:
+            return
+        self.content += fragment
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self)
+        await self._stream.write(fragment)
+
+    async def finish(self, note: str | None = None) -> None:
+        """End streaming; an optional note (e.g. "stopped") goes in the bottom border."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        if note:
+            self.border_subtitle = note
+        self.remove_class("streaming")
+
+
+class MessageList(VerticalScroll):
+    """The scrolling list of bubbles, kept pinned to the bottom while the user is there."""
+
+    def welcome(self, text: str) -> None:
+        """Show the empty-chat hint."""
+        self.remove_children()
+        self.mount(Static(text, classes="welcome"))
+
+    def add(self, role: str, content: str = "", title: str | None = None) -> MessageBubble:
+        """Append a bubble and scroll to it."""
+        for w in self.query(".welcome"):
+            w.remove()
+        bubble = MessageBubble(role, content, title)
+        self.mount(bubble)
+        self.scroll_end(animate=False)
+        return bubble
+
+    def follow(self) -> None:
+        """Scroll to the end if the view was already near it."""
+        if self.max_scroll_y - self.scroll_y <= 3:
+            self.scroll_end(animate=False, immediate=True)
