@@ -1,0 +1,372 @@
+"""ctypes binding of the native C kernels (``edgerun/_native*.so``, built from ``native/``).
+
+The extension module is an ordinary (empty) CPython extension; its shared object is loaded a second
+time with :class:`ctypes.CDLL` to reach the plain C entry points. When it cannot be loaded (no
+compiler at install time, or ``EDGERUN_NO_NATIVE=1``) :func:`available` is False and every function
+here answers through the Numba kernels / numpy instead, after one warning line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import numpy as np
+
+from edgerun.backends.base import QTensor
+
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
+SUPPORTED: frozenset[int] = frozenset((F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K))
+_BLOCK = {
+    F32: (1, 4),
+    F16: (1, 2),
+    BF16: (1, 2),
+    Q4_0: (32, 18),
+    Q4_1: (32, 20),
+    Q5_0: (32, 22),
+    Q5_1: (32, 24),
+    Q8_0: (32, 34),
+    Q4_K: (256, 144),
+    Q5_K: (256, 176),
+    Q6_K: (256, 210),
+}
+ISA_NAMES = ("scalar", "avx2", "avx512-vnni")
+ACT = {"silu": 0, "gelu": 1}
+
+_lib: ctypes.CDLL | None = None
+_load_error: str | None = None
+_warned = False
+
+
+def _load() -> None:
+    global _lib, _load_error
+    if os.environ.get("EDGERUN_NO_NATIVE", "") not in ("", "0"):
+        _load_error = "disabled by EDGERUN_NO_NATIVE"
+        return
+    try:
+        from edgerun import _native
+
+        lib = ctypes.CDLL(_native.__file__)
+    except (ImportError, OSError) as e:
+        _load_error = f"{type(e).__name__}: {e}"
+        return
+    vp, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+    sig = {
+        "er_isa": ([], i32),
+        "er_isa_max": ([], i32),
+        "er_set_isa": ([i32], i32),
+        "er_set_threads": ([i32], None),
+        "er_get_threads": ([], i32),
+        "er_noop": ([i32], i32),
+        "er_supports": ([i32], i32),
+        "er_matmul": ([i32, vp, i64, i32, i32, vp, i32, vp], i32),
+        "er_get_rows": ([i32, vp, i64, i32, vp, i32, vp], i32),
+        "er_rms_norm": ([vp, vp, vp, i32, i32, f32], None),
+        "er_rope": ([vp, vp, i32, i32, i32, i32, f32, i32], None),
+        "er_softmax": ([vp, i32, i32], None),
+        "er_act_gate": ([vp, vp, vp, i64, i32], None),
+        "er_add": ([vp, vp, vp, i64], None),
+        "er_ffn": ([vp, vp, f32, i32, vp, i64, i32, vp, i64, i32, vp, i64, i32, i32, i32, i32, vp], i32),
+    }
+    for name, (args, res) in sig.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = res
+    _lib = lib
+
+
+_load()
+
+
+def available() -> bool:
+    """True when the native library is loaded."""
+    return _lib is not None
+
+
+def load_error() -> str | None:
+    """Why the library is not available (None when it is)."""
+    return _load_error
+
+
+def _fallback_warn() -> None:
+    global _warned
+    if not _warned:
+        print(f"edgerun: native kernels unavailable ({_load_error}), using Numba/numpy", file=sys.stderr)
+        _warned = True
+
+
+def isa() -> str:
+    """Instruction set the kernels dispatch to ("avx512-vnni", "avx2" or "scalar")."""
+    return ISA_NAMES[_lib.er_isa()] if _lib is not None else "none"
+
+
+def set_isa(name: str | None) -> str:
+    """Force a lower instruction set (for tests); None restores the best one. Returns the one in use."""
+    if _lib is None:
+        return "none"
+    return ISA_NAMES[_lib.er_set_isa(ISA_NAMES.index(name) if name is not None else -1)]
+
+
+def set_threads(n: int) -> None:
+    """Threads used by every kernel (one persistent OpenMP pool)."""
+    if _lib is not None:
+        _lib.er_set_threads(max(1, int(n)))
+    else:
+        from edgerun.backends import numba_cpu
+
+        numba_cpu.set_threads(n)
+
+
+def get_threads() -> int:
+    if _lib is not None:
+        return int(_lib.er_get_threads())
+    from edgerun.backends import numba_cpu
+
+    return numba_cpu.get_threads()
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _f32c(x: np.ndarray) -> np.ndarray:
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    return x
+
+
+def _check_w(qtype: int, data: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    if qtype not in SUPPORTED:
+        raise ValueError(f"native backend: unsupported quant type {qtype}")
+    bs, ts = _BLOCK[qtype]
+    if k % bs:
+        raise ValueError(f"K={k} is not a multiple of the block size {bs} of type {qtype}")
+    rb = k // bs * ts
+    if qtype == F32:
+        if data.dtype != np.float32 or data.ndim != 2 or data.shape[1] != k:
+            raise ValueError(f"F32 weight must be float32 (N, {k}), got {data.dtype} {data.shape}")
+    elif data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != rb:
+        raise ValueError(
+            f"weight of type {qtype} must be uint8 (N, {rb}) for K={k}, got {data.dtype} {data.shape}"
+        )
+    if data.strides[1] != data.itemsize:
+        data = np.ascontiguousarray(data)
+    return data, data.strides[0]
+
+
+def matmul(qtype: int, data: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x @ W.T``: x (B, K) float32 (or (K,)), W (N, row_bytes) uint8 / (N, K) float32 -> (B, N) float32."""
+    if _lib is None:
+        _fallback_warn()
+        from edgerun.backends import numba_cpu
+
+        return numba_cpu.matmul(qtype, data, x)
+    x = _f32c(x)
+    squeeze = x.ndim == 1
+    x2 = x.reshape(1, -1) if squeeze else x
+    b, k = x2.shape
+    data, rstride = _check_w(int(qtype), data, k)
+    n = data.shape[0]
+    out = np.empty((b, n), np.float32)
+    if b and n:
+        rc = _lib.er_matmul(int(qtype), _ptr(data), rstride, n, k, _ptr(x2), b, _ptr(out))
+        if rc:
+            raise RuntimeError(f"er_matmul failed ({rc})")
+    return out[0] if squeeze else out
+
+
+def get_rows(qtype: int, data: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Rows ``ids`` (T,) of a weight, dequantized -> (T, K) float32."""
+    if _lib is None:
+        _fallback_warn()
+        from edgerun.backends import numba_cpu
+
+        return numba_cpu.get_rows(qtype, data, ids, k)
+    data, rstride = _check_w(int(qtype), data, k)
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= data.shape[0]):
+        raise IndexError(f"row id out of range [0, {data.shape[0]})")
+    out = np.empty((ids.shape[0], k), np.float32)
+    if ids.size and k:
+        rc = _lib.er_get_rows(int(qtype), _ptr(data), rstride, k, _ptr(ids), ids.shape[0], _ptr(out))
+        if rc:
+            raise RuntimeError(f"er_get_rows failed ({rc})")
+    return out
+
+
+# ------------------------------------------------------------------ light ops (numpy fallbacks)
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
+    """Row-wise ``x / sqrt(mean(x^2) + eps) * w`` over the last axis."""
+    x = _f32c(x)
+    if _lib is None:
+        y = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + eps).astype(np.float32)
+        return y * w if w is not None else y
+    d = x.shape[-1]
+    out = np.empty_like(x)
+    wp = None
+    if w is not None:
+        w = _f32c(w)
+        wp = _ptr(w)
+    _lib.er_rms_norm(_ptr(x), wp, _ptr(out), x.size // max(d, 1), d, float(eps))
+    return out
+
+
+def rope(x: np.ndarray, pos: np.ndarray, theta: float, neox: bool, n_rot: int | None = None) -> np.ndarray:
+    """Rotary embedding of x (T, H, D) at positions pos (T,).
+
+    neox style rotates pairs (i, i + n_rot/2), normal style pairs (2i, 2i+1); dims past n_rot stay.
+    """
+    x = np.array(x, dtype=np.float32, order="C", copy=True)
+    t, h, d = x.shape
+    n_rot = d if n_rot is None else int(n_rot)
+    pos = np.ascontiguousarray(pos, dtype=np.int32).reshape(-1)
+    if _lib is None:
+        half = n_rot // 2
+        inv = float(theta) ** (-2.0 * np.arange(half) / n_rot)
+        ang = pos[:, None].astype(np.float64) * inv[None, :]
+        c = np.cos(ang).astype(np.float32)[:, None, :]
+        s = np.sin(ang).astype(np.float32)[:, None, :]
+        i0 = np.arange(half) if neox else 2 * np.arange(half)
+        i1 = i0 + half if neox else i0 + 1
+        a, b = x[..., i0].copy(), x[..., i1].copy()
+        x[..., i0] = a * c - b * s
+        x[..., i1] = a * s + b * c
+        return x
+    _lib.er_rope(_ptr(x), _ptr(pos), t, h, d, n_rot, float(theta), int(bool(neox)))
+    return x
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis."""
+    x = np.array(x, dtype=np.float32, order="C", copy=True)
+    if _lib is None:
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    d = x.shape[-1]
+    _lib.er_softmax(_ptr(x), x.size // max(d, 1), d)
+    return x
+
+
+def _gate(g: np.ndarray, u: np.ndarray, act: int) -> np.ndarray:
+    g, u = _f32c(g), _f32c(u)
+    if _lib is None:
+        if act == 0:
+            return g / (1.0 + np.exp(-g)) * u
+        return 0.5 * g * (1.0 + np.tanh(0.7978845608028654 * (g + 0.044715 * g**3))) * u
+    out = np.empty_like(g)
+    _lib.er_act_gate(_ptr(g), _ptr(u), _ptr(out), g.size, act)
+    return out
+
+
+def silu_gate(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``silu(g) * u``."""
+    return _gate(g, u, 0)
+
+
+def gelu_gate(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``gelu_tanh(g) * u``."""
+    return _gate(g, u, 1)
+
+
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = _f32c(a), _f32c(b)
+    if _lib is None:
+        return a + b
+    out = np.empty_like(a)
+    _lib.er_add(_ptr(a), _ptr(b), _ptr(out), a.size)
+    return out
+
+
+def ffn(
+    x: np.ndarray,
+    norm_w: np.ndarray,
+    eps: float,
+    gate: QTensor,
+    up: QTensor,
+    down: QTensor,
+    act: str = "silu",
+) -> np.ndarray:
+    """One gated FFN block with residual: ``x + down(act(gate(n)) * up(n))``, ``n = rms_norm(x) * norm_w``."""
+    x = _f32c(x)
+    squeeze = x.ndim == 1
+    x2 = x.reshape(1, -1) if squeeze else x
+    if _lib is None:
+        n = rms_norm(x2, norm_w, eps)
+        h = _gate(matmul(gate.qtype, gate.data, n), matmul(up.qtype, up.data, n), ACT[act])
+        out = x2 + matmul(down.qtype, down.data, h)
+        return out[0] if squeeze else out
+    b, d = x2.shape
+    f = gate.n
+    gd, grs = _check_w(int(gate.qtype), gate.data, d)
+    ud, urs = _check_w(int(up.qtype), up.data, d)
+    dd, drs = _check_w(int(down.qtype), down.data, f)
+    nw = _f32c(norm_w)
+    out = np.empty_like(x2)
+    rc = _lib.er_ffn(
+        _ptr(x2),
+        _ptr(nw),
+        float(eps),
+        int(gate.qtype),
+        _ptr(gd),
+        grs,
+        int(up.qtype),
+        _ptr(ud),
+        urs,
+        int(down.qtype),
+        _ptr(dd),
+        drs,
+        d,
+        f,
+        b,
+        ACT[act],
+        _ptr(out),
+    )
+    if rc:
+        raise RuntimeError(f"er_ffn failed ({rc})")
+    return out[0] if squeeze else out
+
+
+def call_overhead_noop() -> int:
+    """One empty ctypes call (for measuring per-call overhead)."""
+    return _lib.er_noop(1) if _lib is not None else 1
+
+
+class NativeBackend:
+    """:class:`~edgerun.backends.base.Backend` over the native C kernels."""
+
+    name = "native"
+
+    def __init__(self, n_threads: int | None = None) -> None:
+        if n_threads is not None:
+            set_threads(n_threads)
+
+    def supports(self, op: str, qtype: int) -> bool:
+        """matmul / get_rows for F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; plus ffn."""
+        return op in ("matmul", "get_rows", "ffn") and int(qtype) in SUPPORTED
+
+    def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
+        """x (B, K) float32 -> (B, N) float32."""
+        return matmul(w.qtype, w.data, x)
+
+    def get_rows(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
+        """ids (T,) -> (T, K) float32."""
+        return get_rows(w.qtype, w.data, ids, w.k)
+
+    def ffn(
+        self,
+        x: np.ndarray,
+        norm_w: np.ndarray,
+        eps: float,
+        gate: QTensor,
+        up: QTensor,
+        down: QTensor,
+        act: str = "silu",
+    ) -> np.ndarray:
+        return ffn(x, norm_w, eps, gate, up, down, act)
+
+    def set_threads(self, n: int) -> None:
+        """Thread count for the kernels."""
+        set_threads(n)

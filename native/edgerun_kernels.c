@@ -1,0 +1,959 @@
+/*
+ * edgerun native CPU kernels: quantized matmul (ggml block formats), row gather,
+ * light ops (rms_norm, rope, softmax, gated activations, add) and a fused FFN.
+ *
+ * Design: activations are quantized to int8 per 32 values (scale per block); a
+ * weight row is decoded once into signed int8 values + one f32 scale per 4 values
+ * ("lane scale") + an optional per-16 additive term (for formats with mins), and
+ * that decoded row is then dotted against every activation row of the batch with
+ * integer dot products (AVX-512 VNNI dpbusd, AVX2 maddubs, or scalar).
+ * One build: ISA-specific functions carry target attributes and are chosen at run
+ * time with __builtin_cpu_supports.  Threads: OpenMP (persistent pool).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blocks.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define ER_X86 1
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define T_V512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")))
+#endif
+
+#define ER_API __attribute__((visibility("default")))
+#define AI static inline __attribute__((always_inline))
+
+#define ISA_SCALAR 0
+#define ISA_AVX2 1
+#define ISA_AVX512VNNI 2
+
+static int g_threads = 0;
+static int g_isa = -1;
+static int g_isa_max = -1;
+
+/* ------------------------------------------------------------------ utils */
+
+AI uint16_t rd16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+AI float h2f(uint16_t h) {
+    union { uint32_t u; float f; } o;
+    o.u = (uint32_t)(h & 0x7fff) << 13;
+    o.f *= 0x1p112f;
+    if (o.f >= 65536.0f) o.u |= 255u << 23;
+    o.u |= (uint32_t)(h & 0x8000) << 16;
+    return o.f;
+}
+
+AI float bf2f(uint16_t h) {
+    union { uint32_t u; float f; } o;
+    o.u = (uint32_t)h << 16;
+    return o.f;
+}
+
+static void *amalloc(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? (n + 63) & ~(size_t)63 : 64)) return NULL;
+    return p;
+}
+
+static void detect_isa(void) {
+    int isa = ISA_SCALAR;
+#ifdef ER_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = ISA_AVX2;
+    if (isa == ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+        __builtin_cpu_supports("avx512dq"))
+        isa = ISA_AVX512VNNI;
+#endif
+    g_isa_max = isa;
+    const char *e = getenv("EDGERUN_ISA");
+    if (e) {
+        if (!strcmp(e, "scalar")) isa = ISA_SCALAR;
+        else if (!strcmp(e, "avx2") && isa >= ISA_AVX2) isa = ISA_AVX2;
+    }
+    g_isa = isa;
+}
+
+static int nthreads(void) {
+    if (g_threads <= 0) {
+#ifdef _OPENMP
+        g_threads = omp_get_num_procs();
+#else
+        g_threads = 1;
+#endif
+    }
+    return g_threads;
+}
+
+ER_API int er_isa(void) { if (g_isa < 0) detect_isa(); return g_isa; }
+ER_API int er_isa_max(void) { if (g_isa < 0) detect_isa(); return g_isa_max; }
+ER_API int er_set_isa(int isa) {
+    if (g_isa < 0) detect_isa();
+    if (isa < 0 || isa > g_isa_max) isa = g_isa_max;
+    g_isa = isa;
+    return g_isa;
+}
+ER_API void er_set_threads(int n) { g_threads = n > 0 ? n : 0; nthreads(); }
+ER_API int er_get_threads(void) { return nthreads(); }
+ER_API int er_noop(int a) { return a; }
+
+static int is_float_type(int qt) { return qt == ER_F32 || qt == ER_F16 || qt == ER_BF16; }
+
+static int block_size(int qt) {
+    switch (qt) {
+    case ER_F32: case ER_F16: case ER_BF16: return 1;
+    case ER_Q4_0: case ER_Q4_1: case ER_Q5_0: case ER_Q5_1: case ER_Q8_0: return 32;
+    case ER_Q4_K: case ER_Q5_K: case ER_Q6_K: return 256;
+    default: return 0;
+    }
+}
+
+ER_API int er_supports(int qt) { return block_size(qt) > 0; }
+
+/* ------------------------------------------------- activation quantization */
+
+typedef struct {
+    int K;
+    int8_t *q;    /* B*K int8 */
+    float *l;     /* B*K/4 lane scales (block scale repeated per 4 values) */
+    float *s;     /* B*K/16 scale * sum of 16 quants */
+    int32_t *n;   /* B*K/4 : -128 * sum of 4 quants (VNNI offset) */
+} act_t;
+
+AI void quant_block32(const float *x, int8_t *q, float *l, float *s, int32_t *n) {
+    float amax = 0.f;
+    for (int i = 0; i < 32; i++) { float a = fabsf(x[i]); amax = amax > a ? amax : a; }
+    const float d = amax / 127.f;
+    const float id = amax > 0.f ? 127.f / amax : 0.f;
+    int sum16[2] = {0, 0};
+    for (int i = 0; i < 32; i++) {
+        float v = x[i] * id;
+        int qi = (int)(v + (v >= 0.f ? 0.5f : -0.5f));
+        q[i] = (int8_t)qi;
+        sum16[i >> 4] += qi;
+    }
+    for (int i = 0; i < 8; i++) {
+        l[i] = d;
+        n[i] = -128 * (q[4 * i] + q[4 * i + 1] + q[4 * i + 2] + q[4 * i + 3]);
+    }
+    s[0] = d * (float)sum16[0];
+    s[1] = d * (float)sum16[1];
+}
+
+static void quant_row_scalar(const float *x, int K, int8_t *q, float *l, float *s, int32_t *n) {
+    for (int b = 0; b < K / 32; b++) quant_block32(x + 32 * b, q + 32 * b, l + 8 * b, s + 2 * b, n + 8 * b);
+}
+
+#ifdef ER_X86
+T_V512 static void quant_row_v512(const float *x, int K, int8_t *q, float *l, float *s, int32_t *n) {
+    const __m512 sgn = _mm512_set1_ps(-0.0f);
+    const __m512 half = _mm512_set1_ps(0.5f);
+    for (int b = 0; b < K / 32; b++) {
+        __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
+        __m512 a = _mm512_max_ps(_mm512_andnot_ps(sgn, x0), _mm512_andnot_ps(sgn, x1));
+        float amax = _mm512_reduce_max_ps(a);
+        const float d = amax / 127.f;
+        const float id = amax > 0.f ? 127.f / amax : 0.f;
+        __m512 vid = _mm512_set1_ps(id);
+        x0 = _mm512_mul_ps(x0, vid);
+        x1 = _mm512_mul_ps(x1, vid);
+        /* round half away from zero */
+        x0 = _mm512_add_ps(x0, _mm512_or_ps(half, _mm512_and_ps(sgn, x0)));
+        x1 = _mm512_add_ps(x1, _mm512_or_ps(half, _mm512_and_ps(sgn, x1)));
+        __m512i i0 = _mm512_cvttps_epi32(x0), i1 = _mm512_cvttps_epi32(x1);
+        _mm_storeu_si128((__m128i *)(q + 32 * b), _mm512_cvtepi32_epi8(i0));
+        _mm_storeu_si128((__m128i *)(q + 32 * b + 16), _mm512_cvtepi32_epi8(i1));
+        s[2 * b] = d * (float)_mm512_reduce_add_epi32(i0);
+        s[2 * b + 1] = d * (float)_mm512_reduce_add_epi32(i1);
+        _mm256_storeu_ps(l + 8 * b, _mm256_set1_ps(d));
+        /* sums of 4 consecutive values: lanes 4i..4i+3 of i0 then i1 */
+        __m512i idx_a = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+        __m512i t0 = _mm512_permutex2var_epi32(i0, idx_a, i1);
+        __m512i t1 = _mm512_permutex2var_epi32(i0, _mm512_add_epi32(idx_a, _mm512_set1_epi32(1)), i1);
+        __m512i t2 = _mm512_permutex2var_epi32(i0, _mm512_add_epi32(idx_a, _mm512_set1_epi32(2)), i1);
+        __m512i t3 = _mm512_permutex2var_epi32(i0, _mm512_add_epi32(idx_a, _mm512_set1_epi32(3)), i1);
+        __m512i sum4 = _mm512_add_epi32(_mm512_add_epi32(t0, t1), _mm512_add_epi32(t2, t3));
+        sum4 = _mm512_mullo_epi32(sum4, _mm512_set1_epi32(-128));
+        _mm256_storeu_si256((__m256i *)(n + 8 * b), _mm512_castsi512_si256(sum4));
+    }
+}
+#endif
+
+static void quant_row(const float *x, int K, int8_t *q, float *l, float *s, int32_t *n) {
+#ifdef ER_X86
+    if (g_isa >= ISA_AVX512VNNI) { quant_row_v512(x, K, q, l, s, n); return; }
+#endif
+    quant_row_scalar(x, K, q, l, s, n);
+}
+
+static int act_alloc(act_t *a, int B, int K) {
+    a->K = K;
+    a->q = amalloc((size_t)B * K);
+    a->l = amalloc((size_t)B * K);         /* K/4 floats */
+    a->s = amalloc((size_t)B * (K / 4));   /* K/16 floats */
+    a->n = amalloc((size_t)B * K);         /* K/4 int32 */
+    if (!a->q || !a->l || !a->s || !a->n) return -1;
+    return 0;
+}
+
+static void act_free(act_t *a) { free(a->q); free(a->l); free(a->s); free(a->n); }
+
+static void act_quantize(act_t *a, const float *x, int B, int K) {
+    const int nt = nthreads();
+#pragma omp parallel for num_threads(nt) schedule(static) if (B > 8 && nt > 1)
+    for (int b = 0; b < B; b++)
+        quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4, a->s + (size_t)b * K / 16,
+                  a->n + (size_t)b * K / 4);
+}
+
+/* ------------------------------------------------------- weight decoding */
+/* decode one row into w (int8 K), wl (K/4 lane scales), mw (K/16 additive terms).
+ * value[i] = w[i] * wl[i/4] + mw[i/16]; returns 1 when mw is used. */
+
+AI void fill8(float *p, float v) { for (int i = 0; i < 8; i++) p[i] = v; }
+
+AI void get_scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+AI int decode_generic(int qt, const uint8_t *row, int K, int8_t *w, float *wl, float *mw) {
+    switch (qt) {
+    case ER_Q4_0: {
+        const block_q4_0 *bk = (const block_q4_0 *)row;
+        for (int i = 0; i < K / 32; i++) {
+            for (int j = 0; j < 16; j++) {
+                w[32 * i + j] = (int8_t)((bk[i].qs[j] & 15) - 8);
+                w[32 * i + j + 16] = (int8_t)((bk[i].qs[j] >> 4) - 8);
+            }
+            fill8(wl + 8 * i, h2f(rd16(&bk[i].d)));
+        }
+        return 0;
+    }
+    case ER_Q4_1: {
+        const block_q4_1 *bk = (const block_q4_1 *)row;
+        for (int i = 0; i < K / 32; i++) {
+            for (int j = 0; j < 16; j++) {
+                w[32 * i + j] = (int8_t)(bk[i].qs[j] & 15);
+                w[32 * i + j + 16] = (int8_t)(bk[i].qs[j] >> 4);
+            }
+            fill8(wl + 8 * i, h2f(rd16(&bk[i].d)));
+            mw[2 * i] = mw[2 * i + 1] = h2f(rd16(&bk[i].m));
+        }
+        return 1;
+    }
+    case ER_Q5_0: {
+        const block_q5_0 *bk = (const block_q5_0 *)row;
+        for (int i = 0; i < K / 32; i++) {
+            uint32_t qh;
+            memcpy(&qh, bk[i].qh, 4);
+            for (int j = 0; j < 16; j++) {
+                w[32 * i + j] = (int8_t)(((bk[i].qs[j] & 15) | (((qh >> j) & 1) << 4)) - 16);
+                w[32 * i + j + 16] = (int8_t)(((bk[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
+            }
+            fill8(wl + 8 * i, h2f(rd16(&bk[i].d)));
+        }
+        return 0;
+    }
+    case ER_Q5_1: {
+        const block_q5_1 *bk = (const block_q5_1 *)row;
+        for (int i = 0; i < K / 32; i++) {
+            uint32_t qh;
+            memcpy(&qh, bk[i].qh, 4);
+            for (int j = 0; j < 16; j++) {
+                w[32 * i + j] = (int8_t)((bk[i].qs[j] & 15) | (((qh >> j) & 1) << 4));
+                w[32 * i + j + 16] = (int8_t)((bk[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+            }
+            fill8(wl + 8 * i, h2f(rd16(&bk[i].d)));
+            mw[2 * i] = mw[2 * i + 1] = h2f(rd16(&bk[i].m));
+        }
+        return 1;
+    }
+    case ER_Q8_0: {
+        const block_q8_0 *bk = (const block_q8_0 *)row;
+        for (int i = 0; i < K / 32; i++) {
+            memcpy(w + 32 * i, bk[i].qs, 32);
+            fill8(wl + 8 * i, h2f(rd16(&bk[i].d)));
+        }
+        return 0;
+    }
+    case ER_Q4_K: {
+        const block_q4_K *bk = (const block_q4_K *)row;
+        for (int i = 0; i < K / 256; i++) {
+            const float d = h2f(rd16(&bk[i].d)), dmin = h2f(rd16(&bk[i].dmin));
+            for (int j = 0; j < 8; j++) {
+                int sc, m;
+                get_scale_min_k4(j, bk[i].scales, &sc, &m);
+                const uint8_t *qs = bk[i].qs + 32 * (j >> 1);
+                const int sh = 4 * (j & 1);
+                int8_t *o = w + 256 * i + 32 * j;
+                for (int l = 0; l < 32; l++) o[l] = (int8_t)((qs[l] >> sh) & 15);
+                fill8(wl + 64 * i + 8 * j, d * (float)sc);
+                mw[16 * i + 2 * j] = mw[16 * i + 2 * j + 1] = -dmin * (float)m;
+            }
+        }
+        return 1;
+    }
+    case ER_Q5_K: {
+        const block_q5_K *bk = (const block_q5_K *)row;
+        for (int i = 0; i < K / 256; i++) {
+            const float d = h2f(rd16(&bk[i].d)), dmin = h2f(rd16(&bk[i].dmin));
+            for (int j = 0; j < 8; j++) {
+                int sc, m;
+                get_scale_min_k4(j, bk[i].scales, &sc, &m);
+                const uint8_t *qs = bk[i].qs + 32 * (j >> 1);
+                const int sh = 4 * (j & 1);
+                int8_t *o = w + 256 * i + 32 * j;
+                for (int l = 0; l < 32; l++)
+                    o[l] = (int8_t)(((qs[l] >> sh) & 15) | (((bk[i].qh[l] >> j) & 1) << 4));
+                fill8(wl + 64 * i + 8 * j, d * (float)sc);
+                mw[16 * i + 2 * j] = mw[16 * i + 2 * j + 1] = -dmin * (float)m;
+            }
+        }
+        return 1;
+    }
+    case ER_Q6_K: {
+        const block_q6_K *bk = (const block_q6_K *)row;
+        for (int i = 0; i < K / 256; i++) {
+            const float d = h2f(rd16(&bk[i].d));
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *ql = bk[i].ql + 64 * h, *qh = bk[i].qh + 32 * h;
+                int8_t *o = w + 256 * i + 128 * h;
+                for (int l = 0; l < 32; l++) {
+                    o[l] = (int8_t)(((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32);
+                    o[l + 32] = (int8_t)(((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                    o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                    o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+                }
+            }
+            for (int g = 0; g < 16; g++) {
+                const float v = d * (float)bk[i].scales[g];
+                float *p = wl + 64 * i + 4 * g;
+                p[0] = p[1] = p[2] = p[3] = v;
+            }
+        }
+        return 0;
+    }
+    default:
+        return -1;
+    }
+}
+
+typedef int (*decode_fn)(int, const uint8_t *, int, int8_t *, float *, float *);
+
+static int decode_scalar(int qt, const uint8_t *row, int K, int8_t *w, float *wl, float *mw) {
+    return decode_generic(qt, row, K, w, wl, mw);
+}
+
+#ifdef ER_X86
+/* hand-vectorized decoders for the hot formats (AVX2; also used by the AVX-512 path) */
+T_AVX2 AI __m256i unpack_nibbles16(const uint8_t *qs) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    const __m256i v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
+    return _mm256_and_si256(v, _mm256_set1_epi8(15));
+}
+
+/* 32 bits -> 32 bytes (0 or 0xFF) mask, bit j -> byte j */
+T_AVX2 AI __m256i bits_to_bytes(uint32_t bits) {
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bm = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, bm), bm);
+}
+
+T_AVX2 static int decode_avx2(int qt, const uint8_t *row, int K, int8_t *w, float *wl, float *mw) {
+    switch (qt) {
+    case ER_Q4_0: {
+        const block_q4_0 *bk = (const block_q4_0 *)row;
+        const __m256i off = _mm256_set1_epi8(8);
+        for (int i = 0; i < K / 32; i++) {
+            __m256i v = _mm256_sub_epi8(unpack_nibbles16(bk[i].qs), off);
+            _mm256_storeu_si256((__m256i *)(w + 32 * i), v);
+            _mm256_storeu_ps(wl + 8 * i, _mm256_set1_ps(_cvtsh_ss(rd16(&bk[i].d))));
+        }
+        return 0;
+    }
+    case ER_Q5_0: {
+        const block_q5_0 *bk = (const block_q5_0 *)row;
+        const __m256i off = _mm256_set1_epi8(16);
+        for (int i = 0; i < K / 32; i++) {
+            uint32_t qh;
+            memcpy(&qh, bk[i].qh, 4);
+            __m256i hb = _mm256_and_si256(bits_to_bytes(qh), off);
+            __m256i v = _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles16(bk[i].qs), hb), off);
+            _mm256_storeu_si256((__m256i *)(w + 32 * i), v);
+            _mm256_storeu_ps(wl + 8 * i, _mm256_set1_ps(_cvtsh_ss(rd16(&bk[i].d))));
+        }
+        return 0;
+    }
+    case ER_Q8_0: {
+        const block_q8_0 *bk = (const block_q8_0 *)row;
+        for (int i = 0; i < K / 32; i++) {
+            _mm256_storeu_si256((__m256i *)(w + 32 * i), _mm256_loadu_si256((const __m256i *)bk[i].qs));
+            _mm256_storeu_ps(wl + 8 * i, _mm256_set1_ps(_cvtsh_ss(rd16(&bk[i].d))));
+        }
+        return 0;
+    }
+    case ER_Q4_K: {
+        const block_q4_K *bk = (const block_q4_K *)row;
+        const __m256i m4 = _mm256_set1_epi8(15);
+        for (int i = 0; i < K / 256; i++) {
+            const float d = _cvtsh_ss(rd16(&bk[i].d)), dmin = _cvtsh_ss(rd16(&bk[i].dmin));
+            const uint8_t *sc = bk[i].scales;
+            for (int c = 0; c < 4; c++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(bk[i].qs + 32 * c));
+                _mm256_storeu_si256((__m256i *)(w + 256 * i + 64 * c), _mm256_and_si256(q, m4));
+                _mm256_storeu_si256((__m256i *)(w + 256 * i + 64 * c + 32),
+                                    _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+            }
+            for (int j = 0; j < 8; j++) {
+                int s, m;
+                get_scale_min_k4(j, sc, &s, &m);
+                _mm256_storeu_ps(wl + 64 * i + 8 * j, _mm256_set1_ps(d * (float)s));
+                mw[16 * i + 2 * j] = mw[16 * i + 2 * j + 1] = -dmin * (float)m;
+            }
+        }
+        return 1;
+    }
+    case ER_Q5_K: {
+        const block_q5_K *bk = (const block_q5_K *)row;
+        const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+        for (int i = 0; i < K / 256; i++) {
+            const float d = _cvtsh_ss(rd16(&bk[i].d)), dmin = _cvtsh_ss(rd16(&bk[i].dmin));
+            const uint8_t *sc = bk[i].scales;
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)bk[i].qh);
+            for (int c = 0; c < 4; c++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(bk[i].qs + 32 * c));
+                __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
+                __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
+                __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
+                __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(h1, 4));
+                _mm256_storeu_si256((__m256i *)(w + 256 * i + 64 * c), lo);
+                _mm256_storeu_si256((__m256i *)(w + 256 * i + 64 * c + 32), hi);
+            }
+            for (int j = 0; j < 8; j++) {
+                int s, m;
+                get_scale_min_k4(j, sc, &s, &m);
+                _mm256_storeu_ps(wl + 64 * i + 8 * j, _mm256_set1_ps(d * (float)s));
+                mw[16 * i + 2 * j] = mw[16 * i + 2 * j + 1] = -dmin * (float)m;
+            }
+        }
+        return 1;
+    }
+    case ER_Q6_K: {
+        const block_q6_K *bk = (const block_q6_K *)row;
+        const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+        for (int i = 0; i < K / 256; i++) {
+            const float d = _cvtsh_ss(rd16(&bk[i].d));
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *ql = bk[i].ql + 64 * h;
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(bk[i].qh + 32 * h));
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                int8_t *o = w + 256 * i + 128 * h;
+                __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+                __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+                __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+                __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+                _mm256_storeu_si256((__m256i *)o, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, m4), h0), off));
+                _mm256_storeu_si256((__m256i *)(o + 32),
+                                    _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, m4), h1), off));
+                _mm256_storeu_si256((__m256i *)(o + 64),
+                                    _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2), off));
+                _mm256_storeu_si256((__m256i *)(o + 96),
+                                    _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3), off));
+            }
+            /* lane scales: d * scales[g] repeated 4x */
+            __m128i s8 = _mm_loadu_si128((const __m128i *)bk[i].scales);
+            __m256 sf0 = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s8)));
+            __m256 sf1 = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(s8, 8))));
+            float tmp[16];
+            _mm256_storeu_ps(tmp, sf0);
+            _mm256_storeu_ps(tmp + 8, sf1);
+            for (int g = 0; g < 16; g++) _mm_storeu_ps(wl + 64 * i + 4 * g, _mm_set1_ps(tmp[g]));
+        }
+        return 0;
+    }
+    default:
+        return decode_generic(qt, row, K, w, wl, mw);
+    }
+}
+#endif
+
+/* ---------------------------------------------------------- dot cores */
+/* res[r] = sum_i value[i] * xdeq[b+r][i] for r < NR */
+
+AI void core_scalar_nr(const int8_t *w, const float *wl, const float *mw, int K, const act_t *A, int b, int NR,
+                       float *res) {
+    for (int r = 0; r < NR; r++) {
+        const int8_t *q = A->q + (size_t)(b + r) * K;
+        const float *xl = A->l + (size_t)(b + r) * K / 4;
+        float acc = 0.f;
+        for (int i = 0; i < K / 4; i++) {
+            int p = w[4 * i] * q[4 * i] + w[4 * i + 1] * q[4 * i + 1] + w[4 * i + 2] * q[4 * i + 2] +
+                    w[4 * i + 3] * q[4 * i + 3];
+            acc += (float)p * wl[i] * xl[i];
+        }
+        if (mw) {
+            const float *xs = A->s + (size_t)(b + r) * K / 16;
+            for (int g = 0; g < K / 16; g++) acc += mw[g] * xs[g];
+        }
+        res[r] = acc;
+    }
+}
+
+static void core_scalar(const int8_t *w, const float *wl, const float *mw, int K, const act_t *A, int b, int nr,
+                        float *res) {
+    core_scalar_nr(w, wl, mw, K, A, b, nr, res);
+}
+
+#ifdef ER_X86
+T_AVX2 AI float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+T_AVX2 AI void core_avx2_nr(const int8_t *w, const float *wl, const float *mw, int K, const act_t *A, int b, int NR,
+                            float *res) {
+    __m256 acc[4];
+    const int8_t *q[4];
+    const float *xl[4];
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < NR; r++) {
+        acc[r] = _mm256_setzero_ps();
+        q[r] = A->q + (size_t)(b + r) * K;
+        xl[r] = A->l + (size_t)(b + r) * K / 4;
+    }
+    for (int c = 0; c < K; c += 32) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + c));
+        const __m256i aw = _mm256_sign_epi8(wv, wv);
+        const __m256 s = _mm256_loadu_ps(wl + c / 4);
+        for (int r = 0; r < NR; r++) {
+            __m256i a = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q[r] + c)), wv);
+            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, a), ones);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(s, _mm256_loadu_ps(xl[r] + c / 4)), acc[r]);
+        }
+    }
+    if (mw) {
+        const int G = K / 16;
+        for (int r = 0; r < NR; r++) {
+            const float *xs = A->s + (size_t)(b + r) * G;
+            int g = 0;
+            for (; g + 8 <= G; g += 8)
+                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(mw + g), _mm256_loadu_ps(xs + g), acc[r]);
+            float t = 0.f;
+            for (; g < G; g++) t += mw[g] * xs[g];
+            res[r] = hsum256(acc[r]) + t;
+        }
+    } else {
+        for (int r = 0; r < NR; r++) res[r] = hsum256(acc[r]);
+    }
+}
+
+T_AVX2 static void core_avx2(const int8_t *w, const float *wl, const float *mw, int K, const act_t *A, int b, int nr,
+                             float *res) {
+    switch (nr) {
+    case 1: core_avx2_nr(w, wl, mw, K, A, b, 1, res); break;
+    case 2: core_avx2_nr(w, wl, mw, K, A, b, 2, res); break;
+    case 3: core_avx2_nr(w, wl, mw, K, A, b, 3, res); break;
+    default: core_avx2_nr(w, wl, mw, K, A, b, 4, res); break;
+    }
+}
+
+T_V512 AI void core_v512_nr(const int8_t *w, const float *wl, const float *mw, int K, const act_t *A, int b, int NR,
+                            float *res) {
+    __m512 acc[4];
+    const int8_t *q[4];
+    const float *xl[4];
+    const int32_t *xn[4];
+    const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    for (int r = 0; r < NR; r++) {
+        acc[r] = _mm512_setzero_ps();
+        q[r] = A->q + (size_t)(b + r) * K;
+        xl[r] = A->l + (size_t)(b + r) * K / 4;
+        xn[r] = A->n + (size_t)(b + r) * K / 4;
+    }
+    int c = 0;
+    for (; c + 64 <= K; c += 64) {
+        const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(w + c), x80);
+        const __m512 s = _mm512_loadu_ps(wl + c / 4);
+        for (int r = 0; r < NR; r++) {
+            __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(xn[r] + c / 4), u, _mm512_loadu_si512(q[r] + c));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(s, _mm512_loadu_ps(xl[r] + c / 4)), acc[r]);
+        }
+    }
+    if (c < K) { /* 32-value tail */
+        const __mmask64 m = 0xFFFFFFFFull;
+        const __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + c), x80);
+        const __m512 s = _mm512_maskz_loadu_ps(0xFF, wl + c / 4);
+        for (int r = 0; r < NR; r++) {
+            __m512i p = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(0xFF, xn[r] + c / 4), u,
+                                            _mm512_maskz_loadu_epi8(m, q[r] + c));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(s, _mm512_maskz_loadu_ps(0xFF, xl[r] + c / 4)),
+                                     acc[r]);
+        }
+    }
+    if (mw) {
+        const int G = K / 16;
+        for (int r = 0; r < NR; r++) {
+            const float *xs = A->s + (size_t)(b + r) * G;
+            int g = 0;
+            for (; g + 16 <= G; g += 16)
+                acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mw + g), _mm512_loadu_ps(xs + g), acc[r]);
+            if (g < G) {
+                const __mmask16 m = (__mmask16)((1u << (G - g)) - 1);
+                acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, mw + g), _mm512_maskz_loadu_ps(m, xs + g), acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < NR; r++) res[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+T_V512 static void core_v512(const int8_t *w, const float *wl, const float *mw, int K, const act_t *A, int b, int nr,
+                             float *res) {
+    switch (nr) {
+    case 1: core_v512_nr(w, wl, mw, K, A, b, 1, res); break;
+    case 2: core_v512_nr(w, wl, mw, K, A, b, 2, res); break;
+    case 3: core_v512_nr(w, wl, mw, K, A, b, 3, res); break;
+    default: core_v512_nr(w, wl, mw, K, A, b, 4, res); break;
+    }
+}
+#endif
+
+typedef void (*core_fn)(const int8_t *, const float *, const float *, int, const act_t *, int, int, float *);
+
+static void pick_q(decode_fn *dec, core_fn *core) {
+    if (g_isa < 0) detect_isa();
+    *dec = decode_scalar;
+    *core = core_scalar;
+#ifdef ER_X86
+    if (g_isa >= ISA_AVX2) { *dec = decode_avx2; *core = core_avx2; }
+    if (g_isa >= ISA_AVX512VNNI) *core = core_v512;
+#endif
+}
+
+/* ---------------------------------------------------- quantized matmul */
+
+#define BTILE 32
+
+static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y) {
+    decode_fn dec;
+    core_fn core;
+    pick_q(&dec, &core);
+    const int nt = nthreads();
+    const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 16);
+    int err = 0;
+#pragma omp parallel num_threads(nt) if (par)
+    {
+        int8_t *wq = amalloc((size_t)K);
+        float *wl = amalloc((size_t)K);
+        float *mw = amalloc((size_t)K / 4 + 64);
+        if (!wq || !wl || !mw) {
+            err = -2;
+        } else {
+            for (int b0 = 0; b0 < B; b0 += BTILE) {
+                const int b1 = b0 + BTILE < B ? b0 + BTILE : B;
+#pragma omp for schedule(static)
+                for (int n = 0; n < N; n++) {
+                    const int has_m = dec(qt, W + (size_t)n * row_bytes, K, wq, wl, mw);
+                    float res[4];
+                    for (int b = b0; b < b1; b += 4) {
+                        const int nr = b1 - b < 4 ? b1 - b : 4;
+                        core(wq, wl, has_m ? mw : NULL, K, A, b, nr, res);
+                        for (int r = 0; r < nr; r++) y[(size_t)(b + r) * N + n] = res[r];
+                    }
+                }
+            }
+        }
+        free(wq); free(wl); free(mw);
+    }
+    return err;
+}
+
+/* ---------------------------------------------------- float matmul */
+
+AI float fw_scalar(int qt, const uint8_t *row, int k) {
+    if (qt == ER_F32) { float f; memcpy(&f, row + 4 * (size_t)k, 4); return f; }
+    if (qt == ER_F16) return h2f(rd16(row + 2 * (size_t)k));
+    return bf2f(rd16(row + 2 * (size_t)k));
+}
+
+typedef void (*fcore_fn)(int, const uint8_t *, int, const float *, int, float *);
+
+static void fcore_scalar(int qt, const uint8_t *row, int K, const float *x, int nr, float *res) {
+    for (int r = 0; r < nr; r++) res[r] = 0.f;
+    for (int k = 0; k < K; k++) {
+        const float wv = fw_scalar(qt, row, k);
+        for (int r = 0; r < nr; r++) res[r] += wv * x[(size_t)r * K + k];
+    }
+}
+
+#ifdef ER_X86
+T_AVX2 AI __m256 fload8(int qt, const uint8_t *row, int k) {
+    if (qt == ER_F32) return _mm256_loadu_ps((const float *)row + k);
+    const __m128i h = _mm_loadu_si128((const __m128i *)(row + 2 * (size_t)k));
+    if (qt == ER_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+T_AVX2 AI void fcore_avx2_nr(int qt, const uint8_t *row, int K, const float *x, int NR, float *res) {
+    __m256 acc[4];
+    for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const __m256 wv = fload8(qt, row, k);
+        for (int r = 0; r < NR; r++) acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)r * K + k), acc[r]);
+    }
+    for (int r = 0; r < NR; r++) {
+        float t = hsum256(acc[r]);
+        for (int kk = k; kk < K; kk++) t += fw_scalar(qt, row, kk) * x[(size_t)r * K + kk];
+        res[r] = t;
+    }
+}
+
+T_AVX2 static void fcore_avx2(int qt, const uint8_t *row, int K, const float *x, int nr, float *res) {
+    switch (qt * 8 + nr) {
+#define FC(T, R) case T * 8 + R: fcore_avx2_nr(T, row, K, x, R, res); break;
+    FC(ER_F32, 1) FC(ER_F32, 2) FC(ER_F32, 3) FC(ER_F32, 4)
+    FC(ER_F16, 1) FC(ER_F16, 2) FC(ER_F16, 3) FC(ER_F16, 4)
+    FC(ER_BF16, 1) FC(ER_BF16, 2) FC(ER_BF16, 3) FC(ER_BF16, 4)
+#undef FC
+    default: fcore_scalar(qt, row, K, x, nr, res);
+    }
+}
+
+T_V512 AI __m512 fload16(int qt, const uint8_t *row, int k, __mmask16 m) {
+    if (qt == ER_F32) return _mm512_maskz_loadu_ps(m, (const float *)row + k);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, row + 2 * (size_t)k);
+    if (qt == ER_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+T_V512 AI void fcore_v512_nr(int qt, const uint8_t *row, int K, const float *x, int NR, float *res) {
+    __m512 acc[4], acc2[4];
+    for (int r = 0; r < NR; r++) acc[r] = acc2[r] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m512 w0 = fload16(qt, row, k, 0xFFFF), w1 = fload16(qt, row, k + 16, 0xFFFF);
+        for (int r = 0; r < NR; r++) {
+            acc[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + (size_t)r * K + k), acc[r]);
+            acc2[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + (size_t)r * K + k + 16), acc2[r]);
+        }
+    }
+    for (; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? 0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+        const __m512 wv = fload16(qt, row, k, m);
+        for (int r = 0; r < NR; r++)
+            acc[r] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + (size_t)r * K + k), acc[r]);
+    }
+    for (int r = 0; r < NR; r++) res[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc2[r]));
+}
+
+T_V512 static void fcore_v512(int qt, const uint8_t *row, int K, const float *x, int nr, float *res) {
+    switch (qt * 8 + nr) {
+#define FC(T, R) case T * 8 + R: fcore_v512_nr(T, row, K, x, R, res); break;
+    FC(ER_F32, 1) FC(ER_F32, 2) FC(ER_F32, 3) FC(ER_F32, 4)
+    FC(ER_F16, 1) FC(ER_F16, 2) FC(ER_F16, 3) FC(ER_F16, 4)
+    FC(ER_BF16, 1) FC(ER_BF16, 2) FC(ER_BF16, 3) FC(ER_BF16, 4)
+#undef FC
+    default: fcore_scalar(qt, row, K, x, nr, res);
+    }
+}
+#endif
+
+static int matmul_f(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const float *x, int B, float *y) {
+    if (g_isa < 0) detect_isa();
+    fcore_fn core = fcore_scalar;
+#ifdef ER_X86
+    if (g_isa >= ISA_AVX2) core = fcore_avx2;
+    if (g_isa >= ISA_AVX512VNNI) core = fcore_v512;
+#endif
+    const int nt = nthreads();
+    const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 16);
+    const int bt = 16;
+#pragma omp parallel num_threads(nt) if (par)
+    for (int b0 = 0; b0 < B; b0 += bt) {
+        const int b1 = b0 + bt < B ? b0 + bt : B;
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float res[4];
+            for (int b = b0; b < b1; b += 4) {
+                const int nr = b1 - b < 4 ? b1 - b : 4;
+                core(qt, W + (size_t)n * row_bytes, K, x + (size_t)b * K, nr, res);
+                for (int r = 0; r < nr; r++) y[(size_t)(b + r) * N + n] = res[r];
+            }
+        }
+    }
+    return 0;
+}
+
+/* y[B,N] = x[B,K] @ W^T ; W rows are row_bytes apart. Returns 0 on success. */
+ER_API int er_matmul(int qt, const void *W, int64_t row_bytes, int N, int K, const float *x, int B, float *y) {
+    if (g_isa < 0) detect_isa();
+    const int bs = block_size(qt);
+    if (!bs) return -1;
+    if (K % bs) return -3;
+    if (is_float_type(qt)) return matmul_f(qt, (const uint8_t *)W, row_bytes, N, K, x, B, y);
+    act_t A;
+    if (act_alloc(&A, B, K)) { act_free(&A); return -2; }
+    act_quantize(&A, x, B, K);
+    int rc = matmul_q_act(qt, (const uint8_t *)W, row_bytes, N, K, &A, B, y);
+    act_free(&A);
+    return rc;
+}
+
+/* out[T,K] = dequantized rows ids of W */
+ER_API int er_get_rows(int qt, const void *W, int64_t row_bytes, int K, const int64_t *ids, int T, float *out) {
+    if (g_isa < 0) detect_isa();
+    const int bs = block_size(qt);
+    if (!bs) return -1;
+    if (K % bs) return -3;
+    decode_fn dec;
+    core_fn core;
+    pick_q(&dec, &core);
+    (void)core;
+    const int nt = nthreads();
+    int err = 0;
+#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)T * K >= (1 << 16))
+    {
+        int8_t *wq = amalloc((size_t)K);
+        float *wl = amalloc((size_t)K);
+        float *mw = amalloc((size_t)K / 4 + 64);
+        if (!wq || !wl || !mw) err = -2;
+#pragma omp for schedule(static)
+        for (int t = 0; t < T; t++) {
+            const uint8_t *row = (const uint8_t *)W + (size_t)ids[t] * row_bytes;
+            float *o = out + (size_t)t * K;
+            if (is_float_type(qt)) {
+                for (int k = 0; k < K; k++) o[k] = fw_scalar(qt, row, k);
+            } else if (wq && wl && mw) {
+                const int has_m = dec(qt, row, K, wq, wl, mw);
+                for (int k = 0; k < K; k++) o[k] = (float)wq[k] * wl[k >> 2] + (has_m ? mw[k >> 4] : 0.f);
+            }
+        }
+        free(wq); free(wl); free(mw);
+    }
+    return err;
+}
+
+/* ------------------------------------------------------------ light ops */
+
+ER_API void er_rms_norm(const float *x, const float *w, float *out, int R, int D, float eps) {
+    const int nt = nthreads();
+#pragma omp parallel for num_threads(nt) if (nt > 1 && (int64_t)R * D >= (1 << 16))
+    for (int r = 0; r < R; r++) {
+        const float *xr = x + (size_t)r * D;
+        float *o = out + (size_t)r * D;
+        double ss = 0.0;
+        for (int i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
+        const float sc = (float)(1.0 / sqrt(ss / D + eps));
+        if (w) for (int i = 0; i < D; i++) o[i] = xr[i] * sc * w[i];
+        else for (int i = 0; i < D; i++) o[i] = xr[i] * sc;
+    }
+}
+
+/* x: (T, H, D) in place; rotates the first n_rot dims of each head. neox: pairs (i, i+n_rot/2), else (2i, 2i+1) */
+ER_API void er_rope(float *x, const int32_t *pos, int T, int H, int D, int n_rot, float theta_base, int neox) {
+    const int half = n_rot / 2;
+    const int nt = nthreads();
+#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)T * H * D >= (1 << 16))
+    {
+        float *cs = malloc(sizeof(float) * 2 * (half > 0 ? half : 1));
+#pragma omp for schedule(static)
+        for (int t = 0; t < T; t++) {
+            for (int i = 0; i < half; i++) {
+                const double th = (double)pos[t] * pow((double)theta_base, -2.0 * i / n_rot);
+                cs[2 * i] = (float)cos(th);
+                cs[2 * i + 1] = (float)sin(th);
+            }
+            for (int h = 0; h < H; h++) {
+                float *v = x + ((size_t)t * H + h) * D;
+                for (int i = 0; i < half; i++) {
+                    const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+                    const float a = v[i0], b = v[i1], c = cs[2 * i], s = cs[2 * i + 1];
+                    v[i0] = a * c - b * s;
+                    v[i1] = a * s + b * c;
+                }
+            }
+        }
+        free(cs);
+    }
+}
+
+ER_API void er_softmax(float *x, int R, int D) {
+    const int nt = nthreads();
+#pragma omp parallel for num_threads(nt) if (nt > 1 && (int64_t)R * D >= (1 << 16))
+    for (int r = 0; r < R; r++) {
+        float *v = x + (size_t)r * D;
+        float m = -INFINITY;
+        for (int i = 0; i < D; i++) m = v[i] > m ? v[i] : m;
+        double s = 0.0;
+        for (int i = 0; i < D; i++) { v[i] = expf(v[i] - m); s += v[i]; }
+        const float inv = (float)(1.0 / s);
+        for (int i = 0; i < D; i++) v[i] *= inv;
+    }
+}
+
+AI float silu(float g) { return g / (1.f + expf(-g)); }
+AI float gelu_tanh(float g) { return 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))); }
+
+/* act: 0 = silu, 1 = gelu (tanh) */
+ER_API void er_act_gate(const float *g, const float *u, float *out, int64_t n, int act) {
+    const int nt = nthreads();
+#pragma omp parallel for num_threads(nt) if (nt > 1 && n >= (1 << 16))
+    for (int64_t i = 0; i < n; i++) out[i] = (act ? gelu_tanh(g[i]) : silu(g[i])) * u[i];
+}
+
+ER_API void er_add(const float *a, const float *b, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+/* out = x + down(act(gate(n)) * up(n)), n = rms_norm(x) * norm_w.  x, out: (B, D); gate/up: (F, D); down: (D, F) */
+ER_API int er_ffn(const float *x, const float *norm_w, float eps, int qt_g, const void *Wg, int64_t rb_g, int qt_u,
+                  const void *Wu, int64_t rb_u, int qt_d, const void *Wd, int64_t rb_d, int D, int F, int B, int act,
+                  float *out) {
+    if (g_isa < 0) detect_isa();
+    int rc = 0;
+    float *nx = amalloc(sizeof(float) * (size_t)B * D);
+    float *g = amalloc(sizeof(float) * (size_t)B * F);
+    float *u = amalloc(sizeof(float) * (size_t)B * F);
+    float *dn = amalloc(sizeof(float) * (size_t)B * D);
+    if (!nx || !g || !u || !dn) { rc = -2; goto done; }
+    er_rms_norm(x, norm_w, nx, B, D, eps);
+    if (!is_float_type(qt_g) && !is_float_type(qt_u) && D % block_size(qt_g) == 0 && D % block_size(qt_u) == 0) {
+        act_t A;
+        if (act_alloc(&A, B, D)) { act_free(&A); rc = -2; goto done; }
+        act_quantize(&A, nx, B, D);
+        rc = matmul_q_act(qt_g, Wg, rb_g, F, D, &A, B, g);
+        if (!rc) rc = matmul_q_act(qt_u, Wu, rb_u, F, D, &A, B, u);
+        act_free(&A);
+    } else {
+        rc = er_matmul(qt_g, Wg, rb_g, F, D, nx, B, g);
+        if (!rc) rc = er_matmul(qt_u, Wu, rb_u, F, D, nx, B, u);
+    }
+    if (rc) goto done;
+    er_act_gate(g, u, g, (int64_t)B * F, act);
+    rc = er_matmul(qt_d, Wd, rb_d, D, F, g, B, dn);
+    if (rc) goto done;
+    for (int64_t i = 0; i < (int64_t)B * D; i++) out[i] = x[i] + dn[i];
+done:
+    free(nx); free(g); free(u); free(dn);
+    return rc;
+}

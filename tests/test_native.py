@@ -1,0 +1,212 @@
+"""Native C kernels vs numpy references (gguf.quants.dequantize) for every supported type."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
+
+from edgerun.backends import native as nv
+from edgerun.backends.base import QTensor
+
+pytestmark = pytest.mark.skipif(not nv.available(), reason=f"native kernels not built ({nv.load_error()})")
+
+QUANT = [2, 3, 6, 7, 8, 12, 13, 14]  # Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K
+FLOAT = [0, 1, 30]  # F32 F16 BF16
+ISAS = [i for i in ("scalar", "avx2", "avx512-vnni") if nv.ISA_NAMES.index(i) <= nv._lib.er_isa_max()]
+_MINS = (3, 7, 12, 13)  # types with a second f16 (m / dmin) after d
+
+
+def make_weight(qt: int, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Random valid weight in block layout: random bytes with sane f16 scale fields."""
+    if qt == 0:
+        return rng.standard_normal((n, k)).astype(np.float32)
+    if qt == 1:
+        return rng.standard_normal((n, k)).astype(np.float16).view(np.uint8)
+    if qt == 30:
+        f = rng.standard_normal((n, k)).astype(np.float32)
+        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    bs, ts = nv._BLOCK[qt]
+    nb = k // bs
+    raw = rng.integers(0, 256, (n, nb, ts), dtype=np.uint8)
+
+    def f16(lo: float, hi: float) -> np.ndarray:
+        return rng.uniform(lo, hi, (n, nb)).astype(np.float16).view(np.uint8).reshape(n, nb, 2)
+
+    if qt == 14:
+        raw[:, :, 208:210] = f16(0.001, 0.01)
+    else:
+        raw[:, :, 0:2] = f16(0.001, 0.02)
+        if qt in _MINS:
+            raw[:, :, 2:4] = f16(-0.02, 0.02) if qt in (3, 7) else f16(0.0, 0.02)
+    return raw.reshape(n, nb * ts)
+
+
+def ref_weight(qt: int, w: np.ndarray, k: int) -> np.ndarray:
+    if qt == 0:
+        return w
+    return dequantize(w, GGMLQuantizationType(qt)).reshape(w.shape[0], k).astype(np.float32)
+
+
+def quant_act(x: np.ndarray) -> np.ndarray:
+    """The kernels' activation quantization (int8 per 32, round half away from zero), dequantized."""
+    b, k = x.shape
+    xb = x.reshape(b, k // 32, 32).astype(np.float32)
+    amax = np.abs(xb).max(axis=-1, keepdims=True)
+    d = amax / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    v = xb * inv
+    q = np.trunc(v + np.where(v >= 0, np.float32(0.5), np.float32(-0.5)))
+    return (q * d).reshape(b, k).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _restore():
+    yield
+    nv.set_isa(None)
+    nv.set_threads(2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qt", QUANT + FLOAT)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matmul(qt: int, isa: str, threads: int) -> None:
+    nv.set_isa(isa)
+    nv.set_threads(threads)
+    rng = np.random.default_rng(qt * 7 + threads)
+    bs = nv._BLOCK[qt][0]
+    ks = [256, 512, 768] if bs == 256 else [32, 96, 160, 512]
+    if bs == 1:
+        ks += [7, 45]
+    for k in ks:
+        for n in (1, 7, 33):
+            w = make_weight(qt, n, k, rng)
+            wf = ref_weight(qt, w, k).astype(np.float64)
+            for b in (1, 2, 5):
+                x = rng.standard_normal((b, k)).astype(np.float32)
+                y = nv.matmul(qt, w, x)
+                assert y.shape == (b, n) and y.dtype == np.float32
+                scale = np.sqrt(np.mean(x.astype(np.float64) ** 2) * np.mean(wf**2) * k) + 1e-30
+                exact = x.astype(np.float64) @ wf.T
+                # vs the f32 reference: 8-bit activations cost < ~1% of the output scale
+                assert np.sqrt(np.mean((y - exact) ** 2)) / scale < 2e-2, (qt, isa, n, k, b)
+                # vs a reference with the same activation quantization: only rounding differences
+                ref = exact if qt in FLOAT else quant_act(x).astype(np.float64) @ wf.T
+                assert np.abs(y - ref).max() / scale < 2e-5, (qt, isa, n, k, b)
+
+
+def test_matvec_1d_and_large_batch() -> None:
+    rng = np.random.default_rng(1)
+    k, n = 512, 40
+    for qt in (2, 12, 14, 1):
+        w = make_weight(qt, n, k, rng)
+        wf = ref_weight(qt, w, k)
+        x = rng.standard_normal((70, k)).astype(np.float32)  # > one batch tile
+        y = nv.matmul(qt, w, x)
+        ref = (x if qt in FLOAT else quant_act(x)).astype(np.float64) @ wf.T.astype(np.float64)
+        assert np.abs(y - ref).max() < 1e-3 * np.abs(ref).max()
+        y1 = nv.matmul(qt, w, x[3])
+        assert y1.shape == (n,)
+        np.testing.assert_allclose(y1, y[3], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qt", QUANT + FLOAT)
+def test_get_rows(qt: int, isa: str) -> None:
+    nv.set_isa(isa)
+    rng = np.random.default_rng(qt)
+    k = 512 if nv._BLOCK[qt][0] > 1 else 72
+    w = make_weight(qt, 9, k, rng)
+    ids = np.array([8, 0, 3, 3])
+    got = nv.get_rows(qt, w, ids, k)
+    np.testing.assert_allclose(got, ref_weight(qt, w, k)[ids], rtol=1e-6, atol=1e-7)
+    be = nv.NativeBackend()
+    qtn = QTensor("t", qt, k, 9, w)
+    np.testing.assert_array_equal(be.get_rows(qtn, ids), got)
+    assert be.supports("matmul", qt) and be.name == "native"
+
+
+def test_light_ops() -> None:
+    rng = np.random.default_rng(5)
+    nv.set_threads(2)
+    x = rng.standard_normal((300, 896)).astype(np.float32)
+    w = rng.standard_normal(896).astype(np.float32)
+    ref = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(nv.rms_norm(x, w, 1e-6), ref, rtol=1e-4, atol=1e-5)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(nv.softmax(x), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+    g, u = x[:, :448], x[:, 448:]
+    np.testing.assert_allclose(nv.silu_gate(g, u), g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
+    gl = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+    np.testing.assert_allclose(nv.gelu_gate(g, u), gl * u, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(nv.add(g, u), g + u)
+    # rope, both styles, partial rotation
+    t, h, d = 5, 3, 64
+    q = rng.standard_normal((t, h, d)).astype(np.float32)
+    pos = np.array([0, 1, 7, 100, 4095])
+    for neox in (False, True):
+        for n_rot in (64, 32):
+            got = nv.rope(q, pos, 10000.0, neox, n_rot)
+            half = n_rot // 2
+            ang = pos[:, None] * 10000.0 ** (-2.0 * np.arange(half) / n_rot)
+            c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+            i0 = np.arange(half) if neox else 2 * np.arange(half)
+            i1 = i0 + half if neox else i0 + 1
+            ref = q.astype(np.float64).copy()
+            a, b = ref[..., i0].copy(), ref[..., i1].copy()
+            ref[..., i0] = a * c - b * s
+            ref[..., i1] = a * s + b * c
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_ffn(b: int) -> None:
+    rng = np.random.default_rng(9)
+    d, f = 256, 512
+    x = rng.standard_normal((b, d)).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, d).astype(np.float32)
+    gate = QTensor("g", 12, d, f, make_weight(12, f, d, rng))
+    up = QTensor("u", 2, d, f, make_weight(2, f, d, rng))
+    down = QTensor("d", 14, f, d, make_weight(14, d, f, rng))
+    for act in ("silu", "gelu"):
+        got = nv.ffn(x, nw, 1e-6, gate, up, down, act)
+        n = nv.rms_norm(x, nw, 1e-6)
+        gg = n @ ref_weight(12, gate.data, d).T
+        uu = n @ ref_weight(2, up.data, d).T
+        hh = nv.silu_gate(gg, uu) if act == "silu" else nv.gelu_gate(gg, uu)
+        ref = x + hh @ ref_weight(14, down.data, f).T
+        err = np.sqrt(np.mean((got - ref) ** 2)) / np.sqrt(np.mean((ref - x) ** 2))
+        assert err < 2e-2
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError):
+        nv.matmul(2, np.zeros((4, 18), np.uint8), np.zeros((1, 64), np.float32))
+    with pytest.raises(ValueError):
+        nv.matmul(99, np.zeros((4, 18), np.uint8), np.zeros((1, 32), np.float32))
+
+
+def test_forced_fallback() -> None:
+    """EDGERUN_NO_NATIVE=1: available() is False and the module still answers (via Numba / numpy)."""
+    code = (
+        "import numpy as np\n"
+        "from edgerun.backends import native as nv\n"
+        "assert not nv.available()\n"
+        "w = np.zeros((3, 18), np.uint8); w[:, 2:] = 0x99\n"
+        "w[:, 0:2] = np.array([0.5], np.float16).view(np.uint8)\n"
+        "y = nv.matmul(2, w, np.ones((2, 32), np.float32))\n"
+        "assert y.shape == (2, 3) and np.allclose(y, 16.0), y\n"
+        "assert np.allclose(nv.rms_norm(np.ones((2, 8), np.float32), None, 0.0), 1.0)\n"
+        "print('fallback ok')\n"
+    )
+    env = dict(os.environ, EDGERUN_NO_NATIVE="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "fallback ok" in r.stdout
+    assert r.stderr.count("native kernels unavailable") == 1
