@@ -218,3 +218,16 @@ def test_disconnect_non_streaming_cancels(live: LiveServer) -> None:
                    headers={"Authorization": f"Bearer {KEY}"}, timeout=0.15)
     wait_idle(eng)
     assert live.app.state.metrics.finished.get("abort", 0) == aborted + 1
+
+
+def test_loadtest_against_server(live: LiveServer, tmp_path) -> None:
+    from edgerun import loadtest
+
+    levels = loadtest.run(live.url, [1, 4], n_requests=4, prompt_tokens=8, max_tokens=6, api_key=KEY)
+    assert [lv.concurrency for lv in levels] == [1, 4]
+    assert all(lv.errors == 0 and lv.output_tokens_per_s > 0 for lv in levels)
+    assert levels[0].ttft_p99_s >= levels[0].ttft_p50_s > 0
+    loadtest.plot(levels, str(tmp_path / "lt.png"))
+    assert (tmp_path / "lt.png").stat().st_size > 1000
+    assert "conc" in loadtest.format_table(levels)
+    wait_idle(live.engine)
