@@ -73,28 +73,28 @@ def _scale_min(row, so, j):
 
 
 @njit(inline="always", fastmath=True)
-def _dot_block(kind, bs, row, srow, o, x, xo, xs, lut):
-    """sum_i w[i] * x[xo + i] over the block at byte offset o. xs holds sums of x per 16."""
+def _dot_block(kind, bs, row, srow, x, xs, lut):
+    """sum_i w[i] * x[i] for one block (row, srow: its bytes; x: its activations; xs: sums of x per 16)."""
     if kind == Q8_0:
-        d = _half(lut, row, o)
+        d = _half(lut, row, 0)
         s = _f32(0.0)
         for i in range(32):
-            s += _f32(srow[o + 2 + i]) * x[xo + i]
+            s += _f32(srow[2 + i]) * x[i]
         return d * s
     if kind == Q4_0 or kind == Q4_1:
-        d = _half(lut, row, o)
-        qo = o + 2 if kind == Q4_0 else o + 4
+        d = _half(lut, row, 0)
+        qo = 2 if kind == Q4_0 else 4
         s = _f32(0.0)
         for j in range(16):
             b = row[qo + j]
-            s += _f32(b & 15) * x[xo + j] + _f32(b >> 4) * x[xo + 16 + j]
-        xsum = xs[xo >> 4] + xs[(xo >> 4) + 1]
+            s += _f32(b & 15) * x[j] + _f32(b >> 4) * x[16 + j]
+        xsum = xs[0] + xs[1]
         if kind == Q4_0:
             return d * (s - _f32(8.0) * xsum)
-        return d * s + _half(lut, row, o + 2) * xsum
+        return d * s + _half(lut, row, 2) * xsum
     if kind == Q5_0 or kind == Q5_1:
-        d = _half(lut, row, o)
-        ho = o + 2 if kind == Q5_0 else o + 4
+        d = _half(lut, row, 0)
+        ho = 2 if kind == Q5_0 else 4
         qh = _u32(row, ho)
         qo = ho + 4
         s = _f32(0.0)
@@ -102,20 +102,20 @@ def _dot_block(kind, bs, row, srow, o, x, xo, xs, lut):
             b = row[qo + j]
             lo = (b & 15) | (((qh >> j) & 1) << 4)
             hi = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
-            s += _f32(lo) * x[xo + j] + _f32(hi) * x[xo + 16 + j]
-        xsum = xs[xo >> 4] + xs[(xo >> 4) + 1]
+            s += _f32(lo) * x[j] + _f32(hi) * x[16 + j]
+        xsum = xs[0] + xs[1]
         if kind == Q5_0:
             return d * (s - _f32(16.0) * xsum)
-        return d * s + _half(lut, row, o + 2) * xsum
+        return d * s + _half(lut, row, 2) * xsum
     if kind == Q4_K or kind == Q5_K:
-        d = _half(lut, row, o)
-        dmin = _half(lut, row, o + 2)
-        qo = o + 16 if kind == Q4_K else o + 48
+        d = _half(lut, row, 0)
+        dmin = _half(lut, row, 2)
+        qo = 16 if kind == Q4_K else 48
         acc = _f32(0.0)
         for j in range(4):
-            sc0, m0 = _scale_min(row, o + 4, 2 * j)
-            sc1, m1 = _scale_min(row, o + 4, 2 * j + 1)
-            x0 = xo + 64 * j
+            sc0, m0 = _scale_min(row, 4, 2 * j)
+            sc1, m1 = _scale_min(row, 4, 2 * j + 1)
+            x0 = 64 * j
             s0 = _f32(0.0)
             s1 = _f32(0.0)
             if kind == Q4_K:
@@ -126,7 +126,7 @@ def _dot_block(kind, bs, row, srow, o, x, xo, xs, lut):
             else:
                 for l in range(32):
                     b = row[qo + 32 * j + l]
-                    h = row[o + 16 + l] >> (2 * j)
+                    h = row[16 + l] >> (2 * j)
                     s0 += _f32((b & 15) | ((h & 1) << 4)) * x[x0 + l]
                     s1 += _f32((b >> 4) | ((h & 2) << 3)) * x[x0 + 32 + l]
             xi = x0 >> 4
@@ -135,13 +135,13 @@ def _dot_block(kind, bs, row, srow, o, x, xo, xs, lut):
             )
         return acc
     if kind == Q6_K:
-        d = _half(lut, row, o + 208)
+        d = _half(lut, row, 208)
         acc = _f32(0.0)
         for hf in range(2):
-            qlo = o + 64 * hf
-            qho = o + 128 + 32 * hf
-            sco = o + 192 + 8 * hf
-            xb = xo + 128 * hf
+            qlo = 64 * hf
+            qho = 128 + 32 * hf
+            sco = 192 + 8 * hf
+            xb = 128 * hf
             for g in range(2):
                 s1 = _f32(0.0)
                 s2 = _f32(0.0)
@@ -166,63 +166,63 @@ def _dot_block(kind, bs, row, srow, o, x, xo, xs, lut):
     # F16 / BF16: the whole row is one "block" of bs elements, lut picks the format
     s = _f32(0.0)
     for i in range(bs):
-        s += _half(lut, row, o + 2 * i) * x[xo + i]
+        s += _half(lut, row, 2 * i) * x[i]
     return s
 
 
 @njit(inline="always", fastmath=True)
-def _deq_block(kind, bs, row, srow, o, lut, out, oo):
-    """Dequantize the block at byte offset o into out[oo : oo + bs]."""
+def _deq_block(kind, bs, row, srow, lut, out):
+    """Dequantize one block (row, srow: its bytes) into out[:bs]."""
     if kind == Q8_0:
-        d = _half(lut, row, o)
+        d = _half(lut, row, 0)
         for i in range(32):
-            out[oo + i] = d * _f32(srow[o + 2 + i])
+            out[i] = d * _f32(srow[2 + i])
     elif kind == Q4_0 or kind == Q4_1:
-        d = _half(lut, row, o)
-        m = _f32(-8.0) * d if kind == Q4_0 else _half(lut, row, o + 2)
-        qo = o + 2 if kind == Q4_0 else o + 4
+        d = _half(lut, row, 0)
+        m = _f32(-8.0) * d if kind == Q4_0 else _half(lut, row, 2)
+        qo = 2 if kind == Q4_0 else 4
         for j in range(16):
             b = row[qo + j]
-            out[oo + j] = d * _f32(b & 15) + m
-            out[oo + 16 + j] = d * _f32(b >> 4) + m
+            out[j] = d * _f32(b & 15) + m
+            out[16 + j] = d * _f32(b >> 4) + m
     elif kind == Q5_0 or kind == Q5_1:
-        d = _half(lut, row, o)
-        m = _f32(-16.0) * d if kind == Q5_0 else _half(lut, row, o + 2)
-        ho = o + 2 if kind == Q5_0 else o + 4
+        d = _half(lut, row, 0)
+        m = _f32(-16.0) * d if kind == Q5_0 else _half(lut, row, 2)
+        ho = 2 if kind == Q5_0 else 4
         qh = _u32(row, ho)
         for j in range(16):
             b = row[ho + 4 + j]
-            out[oo + j] = d * _f32((b & 15) | (((qh >> j) & 1) << 4)) + m
-            out[oo + 16 + j] = d * _f32((b >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m
+            out[j] = d * _f32((b & 15) | (((qh >> j) & 1) << 4)) + m
+            out[16 + j] = d * _f32((b >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m
     elif kind == Q4_K or kind == Q5_K:
-        d = _half(lut, row, o)
-        dmin = _half(lut, row, o + 2)
-        qo = o + 16 if kind == Q4_K else o + 48
+        d = _half(lut, row, 0)
+        dmin = _half(lut, row, 2)
+        qo = 16 if kind == Q4_K else 48
         for j in range(4):
-            sc0, m0 = _scale_min(row, o + 4, 2 * j)
-            sc1, m1 = _scale_min(row, o + 4, 2 * j + 1)
+            sc0, m0 = _scale_min(row, 4, 2 * j)
+            sc1, m1 = _scale_min(row, 4, 2 * j + 1)
             d0 = d * _f32(sc0)
             d1 = d * _f32(sc1)
             n0 = dmin * _f32(m0)
             n1 = dmin * _f32(m1)
-            x0 = oo + 64 * j
+            x0 = 64 * j
             for l in range(32):
                 b = row[qo + 32 * j + l]
                 lo = b & 15
                 hi = b >> 4
                 if kind == Q5_K:
-                    h = row[o + 16 + l] >> (2 * j)
+                    h = row[16 + l] >> (2 * j)
                     lo |= (h & 1) << 4
                     hi |= (h & 2) << 3
                 out[x0 + l] = d0 * _f32(lo) - n0
                 out[x0 + 32 + l] = d1 * _f32(hi) - n1
     elif kind == Q6_K:
-        d = _half(lut, row, o + 208)
+        d = _half(lut, row, 208)
         for hf in range(2):
-            qlo = o + 64 * hf
-            qho = o + 128 + 32 * hf
-            sco = o + 192 + 8 * hf
-            xb = oo + 128 * hf
+            qlo = 64 * hf
+            qho = 128 + 32 * hf
+            sco = 192 + 8 * hf
+            xb = 128 * hf
             for l in range(32):
                 g = l >> 4
                 a = row[qlo + l]
@@ -234,13 +234,13 @@ def _deq_block(kind, bs, row, srow, o, lut, out, oo):
                 out[xb + 96 + l] = d * _f32(srow[sco + g + 6]) * _f32(((c >> 4) | ((h >> 2) & 48)) - 32)
     else:  # F16 / BF16
         for i in range(bs):
-            out[oo + i] = _half(lut, row, o + 2 * i)
+            out[i] = _half(lut, row, 2 * i)
 
 
 @njit(inline="always")
 def _deq_row(kind, bs, ts, row, srow, lut, out):
     for b in range(out.shape[0] // bs):
-        _deq_block(kind, bs, row, srow, b * ts, lut, out, b * bs)
+        _deq_block(kind, bs, row[b * ts : (b + 1) * ts], srow[b * ts : (b + 1) * ts], lut, out[b * bs : (b + 1) * bs])
 
 
 # ------------------------------------------------------------------------------ row kernels
@@ -254,7 +254,11 @@ def _matvec_kernel(kind, bs, ts, data, sdata, x, xs, lut, out):
         srow = sdata[r]
         acc = _f32(0.0)
         for b in range(nb):
-            acc += _dot_block(kind, bs, row, srow, b * ts, x, b * bs, xs, lut)
+            o = b * ts
+            xo = b * bs
+            acc += _dot_block(
+                kind, bs, row[o : o + ts], srow[o : o + ts], x[xo : xo + bs], xs[xo >> 4 : (xo + bs) >> 4], lut
+            )
         out[r] = acc
 
 
