@@ -2,14 +2,14 @@
 
 Layout: a weight is uint8 ``(N, row_bytes)`` (F32: float32 ``(N, K)``). One set of row kernels
 (matvec, fused small-batch matmul, row dequantize) serves every block type; the per-type work lives
-in two small inlined helpers, ``_dot_block`` (one block . x, used by B=1 decode) and ``_deq_block``
-(one block -> f32), which branch on the type id. The branch is loop-invariant and cheap next to the
-32..256-element inner loops, which LLVM vectorizes.
+in one inlined helper, ``_deq_block``, which branches on the type id (loop-invariant, cheap next to
+the 32..256-element inner loops that LLVM vectorizes) and either stores the dequantized block or,
+for decode, multiplies it with x straight into 32 accumulator lanes (``_emit``).
 
-Decode (B=1) never materialises dequantized weights: offsets/mins are folded in through
-precomputed per-16 sums of ``x``, so the inner loops are ``float(q) * x`` FMAs over contiguous
-elements. For B>1 every block is dequantized once and used for all B rows; for larger batches
-rows are dequantized in chunks and multiplied with BLAS.
+Decode (B=1) never materialises dequantized weights and reduces horizontally once per row. Blocks
+are addressed through per-block array views so every index is provably non-negative (no
+wraparound selects, no gathers). For B>1 every block is dequantized once and used for all B rows;
+for larger batches rows are dequantized in chunks and multiplied with BLAS.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ Q5_K = int(_T.Q5_K)
 Q6_K = int(_T.Q6_K)
 
 SUPPORTED: frozenset[int] = frozenset(TRAITS)
+_ROWS = 16  # rows per parallel work item of the matvec
 _SMALL_BATCH = 8  # up to this many rows of x use the fused kernel; above, chunked dequant + BLAS
 
 # half -> float lookup tables (256 KiB each, stay in L2)
@@ -73,118 +74,29 @@ def _scale_min(row, so, j):
 
 
 @njit(inline="always", fastmath=True)
-def _dot_block(kind, bs, row, srow, x, xs, lut):
-    """sum_i w[i] * x[i] for one block (row, srow: its bytes; x: its activations; xs: sums of x per 16)."""
-    if kind == Q8_0:
-        d = _half(lut, row, 0)
-        s = _f32(0.0)
-        for i in range(32):
-            s += _f32(srow[2 + i]) * x[i]
-        return d * s
-    if kind == Q4_0 or kind == Q4_1:
-        d = _half(lut, row, 0)
-        qo = 2 if kind == Q4_0 else 4
-        s = _f32(0.0)
-        for j in range(16):
-            b = row[qo + j]
-            s += _f32(b & 15) * x[j] + _f32(b >> 4) * x[16 + j]
-        xsum = xs[0] + xs[1]
-        if kind == Q4_0:
-            return d * (s - _f32(8.0) * xsum)
-        return d * s + _half(lut, row, 2) * xsum
-    if kind == Q5_0 or kind == Q5_1:
-        d = _half(lut, row, 0)
-        ho = 2 if kind == Q5_0 else 4
-        qh = _u32(row, ho)
-        qo = ho + 4
-        s = _f32(0.0)
-        for j in range(16):
-            b = row[qo + j]
-            lo = (b & 15) | (((qh >> j) & 1) << 4)
-            hi = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
-            s += _f32(lo) * x[j] + _f32(hi) * x[16 + j]
-        xsum = xs[0] + xs[1]
-        if kind == Q5_0:
-            return d * (s - _f32(16.0) * xsum)
-        return d * s + _half(lut, row, 2) * xsum
-    if kind == Q4_K or kind == Q5_K:
-        d = _half(lut, row, 0)
-        dmin = _half(lut, row, 2)
-        qo = 16 if kind == Q4_K else 48
-        acc = _f32(0.0)
-        for j in range(4):
-            sc0, m0 = _scale_min(row, 4, 2 * j)
-            sc1, m1 = _scale_min(row, 4, 2 * j + 1)
-            x0 = 64 * j
-            s0 = _f32(0.0)
-            s1 = _f32(0.0)
-            if kind == Q4_K:
-                for l in range(32):
-                    b = row[qo + 32 * j + l]
-                    s0 += _f32(b & 15) * x[x0 + l]
-                    s1 += _f32(b >> 4) * x[x0 + 32 + l]
-            else:
-                for l in range(32):
-                    b = row[qo + 32 * j + l]
-                    h = row[16 + l] >> (2 * j)
-                    s0 += _f32((b & 15) | ((h & 1) << 4)) * x[x0 + l]
-                    s1 += _f32((b >> 4) | ((h & 2) << 3)) * x[x0 + 32 + l]
-            xi = x0 >> 4
-            acc += d * (_f32(sc0) * s0 + _f32(sc1) * s1) - dmin * (
-                _f32(m0) * (xs[xi] + xs[xi + 1]) + _f32(m1) * (xs[xi + 2] + xs[xi + 3])
-            )
-        return acc
-    if kind == Q6_K:
-        d = _half(lut, row, 208)
-        acc = _f32(0.0)
-        for hf in range(2):
-            qlo = 64 * hf
-            qho = 128 + 32 * hf
-            sco = 192 + 8 * hf
-            xb = 128 * hf
-            for g in range(2):
-                s1 = _f32(0.0)
-                s2 = _f32(0.0)
-                s3 = _f32(0.0)
-                s4 = _f32(0.0)
-                for l in range(16 * g, 16 * g + 16):
-                    a = row[qlo + l]
-                    c = row[qlo + 32 + l]
-                    h = row[qho + l]
-                    s1 += _f32((a & 15) | ((h & 3) << 4)) * x[xb + l]
-                    s2 += _f32((c & 15) | ((h & 12) << 2)) * x[xb + 32 + l]
-                    s3 += _f32((a >> 4) | (h & 48)) * x[xb + 64 + l]
-                    s4 += _f32((c >> 4) | ((h >> 2) & 48)) * x[xb + 96 + l]
-                xi = (xb >> 4) + g
-                acc += d * (
-                    _f32(srow[sco + g]) * (s1 - _f32(32.0) * xs[xi])
-                    + _f32(srow[sco + g + 2]) * (s2 - _f32(32.0) * xs[xi + 2])
-                    + _f32(srow[sco + g + 4]) * (s3 - _f32(32.0) * xs[xi + 4])
-                    + _f32(srow[sco + g + 6]) * (s4 - _f32(32.0) * xs[xi + 6])
-                )
-        return acc
-    # F16 / BF16: the whole row is one "block" of bs elements, lut picks the format
-    s = _f32(0.0)
-    for i in range(bs):
-        s += _half(lut, row, 2 * i) * x[i]
-    return s
+def _emit(out, i, v, x, fma):
+    """Store element i of a block: out[i] = v, or (fma) accumulate v * x[i] into 32 lanes out[i % 32]."""
+    if fma:
+        out[i & 31] += v * x[i]
+    else:
+        out[i] = v
 
 
 @njit(inline="always", fastmath=True)
-def _deq_block(kind, bs, row, srow, lut, out):
-    """Dequantize one block (row, srow: its bytes) into out[:bs]."""
+def _deq_block(kind, bs, row, srow, lut, out, x, fma):
+    """Dequantize one block (row, srow: its bytes) into out[:bs]; with fma, add w * x into 32 lanes of out."""
     if kind == Q8_0:
         d = _half(lut, row, 0)
         for i in range(32):
-            out[i] = d * _f32(srow[2 + i])
+            _emit(out, i, d * _f32(srow[2 + i]), x, fma)
     elif kind == Q4_0 or kind == Q4_1:
         d = _half(lut, row, 0)
         m = _f32(-8.0) * d if kind == Q4_0 else _half(lut, row, 2)
         qo = 2 if kind == Q4_0 else 4
         for j in range(16):
             b = row[qo + j]
-            out[j] = d * _f32(b & 15) + m
-            out[16 + j] = d * _f32(b >> 4) + m
+            _emit(out, j, d * _f32(b & 15) + m, x, fma)
+            _emit(out, 16 + j, d * _f32(b >> 4) + m, x, fma)
     elif kind == Q5_0 or kind == Q5_1:
         d = _half(lut, row, 0)
         m = _f32(-16.0) * d if kind == Q5_0 else _half(lut, row, 2)
@@ -192,8 +104,8 @@ def _deq_block(kind, bs, row, srow, lut, out):
         qh = _u32(row, ho)
         for j in range(16):
             b = row[ho + 4 + j]
-            out[j] = d * _f32((b & 15) | (((qh >> j) & 1) << 4)) + m
-            out[16 + j] = d * _f32((b >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m
+            _emit(out, j, d * _f32((b & 15) | (((qh >> j) & 1) << 4)) + m, x, fma)
+            _emit(out, 16 + j, d * _f32((b >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m, x, fma)
     elif kind == Q4_K or kind == Q5_K:
         d = _half(lut, row, 0)
         dmin = _half(lut, row, 2)
@@ -214,8 +126,8 @@ def _deq_block(kind, bs, row, srow, lut, out):
                     h = row[16 + l] >> (2 * j)
                     lo |= (h & 1) << 4
                     hi |= (h & 2) << 3
-                out[x0 + l] = d0 * _f32(lo) - n0
-                out[x0 + 32 + l] = d1 * _f32(hi) - n1
+                _emit(out, x0 + l, d0 * _f32(lo) - n0, x, fma)
+                _emit(out, x0 + 32 + l, d1 * _f32(hi) - n1, x, fma)
     elif kind == Q6_K:
         d = _half(lut, row, 208)
         for hf in range(2):
@@ -223,43 +135,50 @@ def _deq_block(kind, bs, row, srow, lut, out):
             qho = 128 + 32 * hf
             sco = 192 + 8 * hf
             xb = 128 * hf
-            for l in range(32):
-                g = l >> 4
-                a = row[qlo + l]
-                c = row[qlo + 32 + l]
-                h = row[qho + l]
-                out[xb + l] = d * _f32(srow[sco + g]) * _f32(((a & 15) | ((h & 3) << 4)) - 32)
-                out[xb + 32 + l] = d * _f32(srow[sco + g + 2]) * _f32(((c & 15) | ((h & 12) << 2)) - 32)
-                out[xb + 64 + l] = d * _f32(srow[sco + g + 4]) * _f32(((a >> 4) | (h & 48)) - 32)
-                out[xb + 96 + l] = d * _f32(srow[sco + g + 6]) * _f32(((c >> 4) | ((h >> 2) & 48)) - 32)
+            for g in range(2):  # one int8 scale per 16 elements
+                s1 = d * _f32(srow[sco + g])
+                s2 = d * _f32(srow[sco + g + 2])
+                s3 = d * _f32(srow[sco + g + 4])
+                s4 = d * _f32(srow[sco + g + 6])
+                for l in range(16 * g, 16 * g + 16):
+                    a = row[qlo + l]
+                    c = row[qlo + 32 + l]
+                    h = row[qho + l]
+                    _emit(out, xb + l, s1 * _f32(((a & 15) | ((h & 3) << 4)) - 32), x, fma)
+                    _emit(out, xb + 32 + l, s2 * _f32(((c & 15) | ((h & 12) << 2)) - 32), x, fma)
+                    _emit(out, xb + 64 + l, s3 * _f32(((a >> 4) | (h & 48)) - 32), x, fma)
+                    _emit(out, xb + 96 + l, s4 * _f32(((c >> 4) | ((h >> 2) & 48)) - 32), x, fma)
     else:  # F16 / BF16
         for i in range(bs):
-            out[i] = _half(lut, row, 2 * i)
+            _emit(out, i, _half(lut, row, 2 * i), x, fma)
 
 
 @njit(inline="always")
 def _deq_row(kind, bs, ts, row, srow, lut, out):
     for b in range(out.shape[0] // bs):
-        _deq_block(kind, bs, row[b * ts : (b + 1) * ts], srow[b * ts : (b + 1) * ts], lut, out[b * bs : (b + 1) * bs])
+        o = b * ts
+        _deq_block(kind, bs, row[o : o + ts], srow[o : o + ts], lut, out[b * bs : (b + 1) * bs], out, False)
 
 
 # ------------------------------------------------------------------------------ row kernels
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _matvec_kernel(kind, bs, ts, data, sdata, x, xs, lut, out):
+def _matvec_kernel(kind, bs, ts, data, sdata, x, lut, out):
+    n = data.shape[0]
     nb = x.shape[0] // bs
-    for r in prange(data.shape[0]):
-        row = data[r]
-        srow = sdata[r]
-        acc = _f32(0.0)
-        for b in range(nb):
-            o = b * ts
-            xo = b * bs
-            acc += _dot_block(
-                kind, bs, row[o : o + ts], srow[o : o + ts], x[xo : xo + bs], xs[xo >> 4 : (xo + bs) >> 4], lut
-            )
-        out[r] = acc
+    for c in prange((n + _ROWS - 1) // _ROWS):
+        acc = np.empty(32, np.float32)
+        for r in range(c * _ROWS, min(n, (c + 1) * _ROWS)):
+            for i in range(32):
+                acc[i] = 0.0
+            row = data[r]
+            srow = sdata[r]
+            for b in range(nb):
+                o = b * ts
+                xo = b * bs
+                _deq_block(kind, bs, row[o : o + ts], srow[o : o + ts], lut, acc, x[xo : xo + bs], True)
+            out[r] = acc.sum()
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -319,13 +238,6 @@ def _check(qtype: int, data: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(data)
 
 
-def _x_sums(x: np.ndarray) -> np.ndarray:
-    k = x.shape[0]
-    if k % 16:
-        return np.zeros(1, np.float32)
-    return x.reshape(-1, 16).sum(axis=1, dtype=np.float32)
-
-
 def dequantize_rows(qtype: int, data: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     """Dequantize rows ``ids`` of a weight: -> (len(ids), k) float32."""
     data = _check(qtype, data, k)
@@ -376,7 +288,7 @@ def matmul(qtype: int, data: np.ndarray, x: np.ndarray) -> np.ndarray:
         bs, ts, lut = _geometry(qtype, k)
         sdata = data.view(np.int8)
         if b == 1:
-            _matvec_kernel(qtype, bs, ts, data, sdata, x2[0], _x_sums(x2[0]), lut, out[0])
+            _matvec_kernel(qtype, bs, ts, data, sdata, x2[0], lut, out[0])
         else:
             _matmul_kernel(qtype, bs, ts, data, sdata, x2, lut, out)
     return out[0] if squeeze else out

@@ -233,7 +233,7 @@ def row_bytes(qtype: int, k: int) -> int:
 
 
 def dequantize(raw: np.ndarray, qtype: int, k: int) -> np.ndarray:
-    """Reference dequantize: (N, row_bytes) uint8 -> (N, K) float32 (a float32 (N, K) input passes for F32)."""
+    """Reference dequantize: (N, row_bytes) uint8 -> (N, K) float32 (F32 also takes float32 (N, K))."""
     t = traits(qtype)
     raw = np.asarray(raw)
     if t.qtype == T.F32 and raw.dtype == np.float32:
