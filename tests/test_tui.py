@@ -81,7 +81,7 @@ async def test_send_and_stream_reply():
 
 
 async def test_message_before_model_ready_is_queued():
-    backend = ScriptedBackend(delay=0.001, load_delay=0.4)
+    backend = ScriptedBackend(delay=0.001, load_delay=1.5)
     app = make_app(backend=backend)
     async with app.run_test(size=(110, 36)) as pilot:
         await pilot.pause(0.05)
@@ -327,7 +327,7 @@ def test_placement_text_and_runner_plan():
     assert placement_from_runner(object(), 3) == all_cpu(3)
     t = placement_text(all_cpu(24)).plain
     assert "attn CCCCCCCC CCCCCCCC" in t and "all on CPU" in t
-    assert "3/4 blocks on GPU" in placement_text(p).plain
+    assert "3/4 on GPU" in placement_text(p).plain
 
 
 def test_register_adds_chat_subcommand():

@@ -7,8 +7,11 @@ the runner, llama_cpp) are imported only inside workers.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from edgerun.tui.screens.dialogs import InputDialog
 from edgerun.tui.screens.history import HistoryScreen
 from edgerun.tui.screens.models import ModelPickerScreen
 from edgerun.tui.screens.settings import SettingsScreen
-from edgerun.tui.settings import Settings
+from edgerun.tui.settings import Settings, data_dir
 
 BackendFactory = Callable[[str], ChatBackend]
 
@@ -267,6 +270,30 @@ class ChatApp(App):
             close()
 
 
+@contextlib.contextmanager
+def native_stderr_to(log_path: Path) -> Iterator[None]:
+    """Send fd 2 (where C libraries such as llama.cpp print) to a log file while the UI
+    draws on a duplicate of the terminal, so native chatter cannot corrupt the screen."""
+    if not (sys.__stderr__ and sys.__stderr__.isatty()):
+        yield
+        return
+    saved_fd = os.dup(2)
+    term = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace")
+    orig = sys.__stderr__
+    try:
+        with open(log_path, "a") as log:
+            os.dup2(log.fileno(), 2)
+            sys.__stderr__ = term
+            try:
+                yield
+            finally:
+                sys.__stderr__ = orig
+                os.dup2(saved_fd, 2)
+    finally:
+        os.close(saved_fd)
+        term.close()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chat app for parsed `edgerun chat` arguments; return the exit code."""
     from edgerun.tui.backend import HttpBackend
@@ -279,7 +306,8 @@ def run(args: argparse.Namespace) -> int:
 
         backend = InProcessBackend(args.model or DEFAULT_MODEL, threads=threads, ctx=ctx)
     app = ChatApp(backend, backend_factory=lambda spec: InProcessBackend(spec, threads=threads, ctx=ctx))
-    app.run()
+    with native_stderr_to(data_dir() / "chat.log"):
+        app.run()
     return 0
 
 

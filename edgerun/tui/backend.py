@@ -221,7 +221,8 @@ class InProcessBackend:
         """Model name, context size and use, and the per-layer placement map."""
         from pathlib import Path
 
-        name = Path(self.path).stem if self.path else self.model_spec
+        spec_is_path = self.model_spec.endswith(".gguf") or "/" in self.model_spec
+        name = Path(self.path).stem if (self.path and spec_is_path) else self.model_spec
         if self.runner is None:
             return {"model": name, "backend": "in-process", "n_ctx": self.ctx, "ctx_used": 0, "placement": {}}
         n_layers = int(getattr(getattr(self.runner, "args", None), "n_layers", 0) or 0)

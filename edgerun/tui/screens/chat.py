@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 FLUSH_S = 0.05  # at most ~20 UI updates a second while a reply streams
 WELCOME = (
     "[b]edgerun chat[/b]\n\n"
-    "Type a message and press [b]Enter[/b]. [b]Esc[/b] stops a reply, [b]Ctrl+N[/b] starts a new chat,\n"
-    "[b]Ctrl+P[/b] opens commands (history, models, settings, export), [b]Ctrl+Q[/b] quits."
+    "Type a message and press [b]Enter[/b].\n"
+    "[b]Esc[/b] stops a reply · [b]Ctrl+N[/b] new chat · [b]Ctrl+P[/b] commands · [b]Ctrl+Q[/b] quit\n"
+    "[b]F2[/b] history · [b]F3[/b] models · [b]F4[/b] settings"
 )
 
 
@@ -194,7 +195,10 @@ class ChatScreen(Screen):
         if bubble.is_attached:
             await bubble.write(text)
             notes = {"abort": "stopped", "length": "max tokens reached", "error": "error"}
-            await bubble.finish(notes.get(reason, ""))
+            note = notes.get(reason, "")
+            if not note and summary.get("tok_s"):
+                note = f"{summary.get('completion', 0)} tokens · {summary['tok_s']:.1f} tok/s"
+            await bubble.finish(note)
             if not content:
                 if reason == "abort":
                     bubble.update("*stopped before the first token*")

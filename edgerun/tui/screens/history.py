@@ -17,7 +17,7 @@ from edgerun.tui.screens.dialogs import ConfirmDialog, InputDialog
 
 def when(ts: float, now: float | None = None) -> str:
     """A short relative time: 'just now', '5 min ago', '3 h ago', or a date."""
-    d = (now or time.time()) - ts
+    d = (time.time() if now is None else now) - ts
     if d < 60:
         return "just now"
     if d < 3600:
@@ -46,6 +46,7 @@ class HistoryScreen(ModalScreen[int | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="history-box", classes="panel-box"):
             yield Label("History", classes="box-title")
+            yield Label("Enter resume · r rename · d delete · e export .md · Esc close", classes="keys")
             yield DataTable(id="history-table", cursor_type="row", zebra_stripes=True)
             yield Label("", id="history-empty", classes="hint")
         yield Footer()

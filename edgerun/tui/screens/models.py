@@ -67,6 +67,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="models-box", classes="panel-box"):
             yield Label("Models", classes="box-title")
+            yield Label("Enter use (pulls it first if needed) · p pull only · Esc close", classes="keys")
             yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
             yield Label("", id="model-desc", classes="hint")
             yield Label("", id="pull-label")

@@ -33,8 +33,7 @@ class MessageBubble(Markdown):
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
-        if note:
-            self.border_subtitle = note
+        self.border_subtitle = note or ""
         self.remove_class("streaming")
 
 

@@ -38,8 +38,7 @@ def placement_text(placement: dict[int, dict[str, str]], width: int = 24) -> Tex
     chunk = max(8, (width - 6) // 9 * 8)
     for start in range(0, len(layers), chunk):
         part = layers[start:start + chunk]
-        out.append(f"L{part[0]:<3}", style="dim")
-        out.append(f"-{part[-1]}\n", style="dim")
+        out.append(f"layers {part[0]}–{part[-1]}\n", style="dim")
         for kind in ("attn", "ffn"):
             out.append(f"{kind:<5}", style="dim")
             for j, i in enumerate(part):
@@ -50,7 +49,11 @@ def placement_text(placement: dict[int, dict[str, str]], width: int = 24) -> Tex
                            style="bold #22c55e" if dev == "gpu" else "#60a5fa")
             out.append("\n")
     n_gpu = sum(1 for p in placement.values() for v in p.values() if v == "gpu")
-    out.append("all on CPU" if n_gpu == 0 else f"{n_gpu}/{2 * len(layers)} blocks on GPU", style="dim")
+    out.append("G", style="bold #22c55e")
+    out.append(" GPU  ", style="dim")
+    out.append("C", style="#60a5fa")
+    out.append(" CPU · ", style="dim")
+    out.append("all on CPU" if n_gpu == 0 else f"{n_gpu}/{2 * len(layers)} on GPU", style="dim")
     return out
 
 
