@@ -38,6 +38,7 @@
 static int g_threads = 0;
 static int g_isa = -1;
 static int g_isa_max = -1;
+static int g_fused = 1; /* use the fused register kernels for small batches */
 
 /* ------------------------------------------------------------------ utils */
 
@@ -102,6 +103,7 @@ ER_API int er_set_isa(int isa) {
     g_isa = isa;
     return g_isa;
 }
+ER_API int er_set_fused(int on) { int old = g_fused; g_fused = on != 0; return old; }
 ER_API void er_set_threads(int n) { g_threads = n > 0 ? n : 0; nthreads(); }
 ER_API int er_get_threads(void) { return nthreads(); }
 ER_API int er_noop(int a) { return a; }
@@ -127,6 +129,7 @@ typedef struct {
     float *l;     /* B*K/4 lane scales (block scale repeated per 4 values) */
     float *s;     /* B*K/16 scale * sum of 16 quants */
     int32_t *n;   /* B*K/4 : -128 * sum of 4 quants (VNNI offset) */
+    float *s32;   /* B*K/32 scale * sum of 32 quants */
 } act_t;
 
 AI void quant_block32(const float *x, int8_t *q, float *l, float *s, int32_t *n) {
@@ -201,11 +204,12 @@ static int act_alloc(act_t *a, int B, int K) {
     a->l = amalloc((size_t)B * K);         /* K/4 floats */
     a->s = amalloc((size_t)B * (K / 4));   /* K/16 floats */
     a->n = amalloc((size_t)B * K);         /* K/4 int32 */
-    if (!a->q || !a->l || !a->s || !a->n) return -1;
+    a->s32 = amalloc((size_t)B * (K / 8)); /* K/32 floats */
+    if (!a->q || !a->l || !a->s || !a->n || !a->s32) return -1;
     return 0;
 }
 
-static void act_free(act_t *a) { free(a->q); free(a->l); free(a->s); free(a->n); }
+static void act_free(act_t *a) { free(a->q); free(a->l); free(a->s); free(a->n); free(a->s32); }
 
 static void act_quantize(act_t *a, const float *x, int B, int K) {
     const int nt = nthreads();
@@ -213,6 +217,7 @@ static void act_quantize(act_t *a, const float *x, int B, int K) {
     for (int b = 0; b < B; b++)
         quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4, a->s + (size_t)b * K / 16,
                   a->n + (size_t)b * K / 4);
+    for (size_t i = 0; i < (size_t)B * K / 32; i++) a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
 }
 
 /* ------------------------------------------------------- weight decoding */
@@ -495,6 +500,8 @@ T_AVX2 static int decode_avx2(int qt, const uint8_t *row, int K, int8_t *w, floa
 }
 #endif
 
+typedef void (*fused_fn)(const uint8_t *, int, const act_t *, int, int, float *);
+
 /* ---------------------------------------------------------- dot cores */
 /* res[r] = sum_i value[i] * xdeq[b+r][i] for r < NR */
 
@@ -635,7 +642,245 @@ T_V512 static void core_v512(const int8_t *w, const float *wl, const float *mw, 
     default: core_v512_nr(w, wl, mw, K, A, b, 4, res); break;
     }
 }
+
+/* ---- fused AVX-512 VNNI kernels: decode blocks in registers, dot with up to 4 activation rows ---- */
+
+
+#define FZ_SETUP()                                                      \
+    __m512 acc[4];                                                      \
+    const int8_t *q[4];                                                 \
+    const float *xl[4];                                                 \
+    const int32_t *xn[4];                                               \
+    for (int r = 0; r < NR; r++) {                                      \
+        acc[r] = _mm512_setzero_ps();                                   \
+        q[r] = A->q + (size_t)(b + r) * K;                              \
+        xl[r] = A->l + (size_t)(b + r) * K / 4;                         \
+        xn[r] = A->n + (size_t)(b + r) * K / 4;                         \
+    }
+
+/* u: 64 unsigned bytes (value + 128), s: 16 lane weight scales, e: element offset */
+#define FZ_ACC(u, s, e)                                                                                   \
+    for (int r = 0; r < NR; r++) {                                                                        \
+        __m512i p_ = _mm512_dpbusd_epi32(_mm512_loadu_si512(xn[r] + (e) / 4), (u),                        \
+                                         _mm512_loadu_si512(q[r] + (e)));                                 \
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p_), _mm512_mul_ps((s), _mm512_loadu_ps(xl[r] + (e) / 4)), \
+                                 acc[r]);                                                                 \
+    }
+
+/* same for a 32-value tail: only the low 32 bytes / 8 lanes are valid */
+#define FZ_ACC32(u, s, e)                                                                                 \
+    for (int r = 0; r < NR; r++) {                                                                        \
+        __m512i p_ = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(0xFF, xn[r] + (e) / 4), (u),            \
+                                         _mm512_maskz_loadu_epi8(0xFFFFFFFFull, q[r] + (e)));             \
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p_),                                                  \
+                                 _mm512_mul_ps((s), _mm512_maskz_loadu_ps(0xFF, xl[r] + (e) / 4)), acc[r]); \
+    }
+
+#define FZ_FINISH()                                                     \
+    for (int r = 0; r < NR; r++) res[r] += _mm512_reduce_add_ps(acc[r]);
+
+T_V512 AI __m512 scale2(uint16_t d0, uint16_t d1) {
+    return _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16((short)d1), _mm_set1_epi16((short)d0)));
+}
+
+/* two 16-byte nibble blocks -> 64 bytes: b0 lo, b0 hi, b1 lo, b1 hi */
+T_V512 AI __m512i nib2(const uint8_t *q0, const uint8_t *q1) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)q0));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)q0), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)q1), 2);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)q1), 3);
+    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
+                                         0x0004000400040004LL, 0x0004000400040004LL);
+    return _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(15));
+}
+
+T_V512 AI void fz_q4_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FZ_SETUP();
+    const block_q4_0 *bk = (const block_q4_0 *)row;
+    const int nb = K / 32;
+    const __m512i off = _mm512_set1_epi8(120);
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const __m512i u = _mm512_add_epi8(nib2(bk[i].qs, bk[i + 1].qs), off);
+        const __m512 s = scale2(rd16(&bk[i].d), rd16(&bk[i + 1].d));
+        FZ_ACC(u, s, 32 * i);
+    }
+    if (i < nb) {
+        const __m512i u = _mm512_maskz_add_epi8(0xFFFFFFFFull, nib2(bk[i].qs, bk[i].qs), off);
+        const __m512 s = _mm512_maskz_mov_ps(0xFF, scale2(rd16(&bk[i].d), 0));
+        FZ_ACC32(u, s, 32 * i);
+    }
+    FZ_FINISH();
+}
+
+T_V512 AI void fz_q5_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FZ_SETUP();
+    const block_q5_0 *bk = (const block_q5_0 *)row;
+    const int nb = K / 32;
+    const __m512i off = _mm512_set1_epi8(112), h16 = _mm512_set1_epi8(16);
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        uint32_t h0, h1;
+        memcpy(&h0, bk[i].qh, 4);
+        memcpy(&h1, bk[i + 1].qh, 4);
+        const __mmask64 hm = (__mmask64)h0 | ((__mmask64)h1 << 32);
+        const __m512i u = _mm512_add_epi8(nib2(bk[i].qs, bk[i + 1].qs), off);
+        const __m512i u2 = _mm512_mask_add_epi8(u, hm, u, h16);
+        const __m512 s = scale2(rd16(&bk[i].d), rd16(&bk[i + 1].d));
+        FZ_ACC(u2, s, 32 * i);
+    }
+    if (i < nb) {
+        uint32_t h0;
+        memcpy(&h0, bk[i].qh, 4);
+        __m512i u = _mm512_maskz_add_epi8(0xFFFFFFFFull, nib2(bk[i].qs, bk[i].qs), off);
+        u = _mm512_mask_add_epi8(u, (__mmask64)h0, u, h16);
+        const __m512 s = _mm512_maskz_mov_ps(0xFF, scale2(rd16(&bk[i].d), 0));
+        FZ_ACC32(u, s, 32 * i);
+    }
+    FZ_FINISH();
+}
+
+T_V512 AI void fz_q8_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FZ_SETUP();
+    const block_q8_0 *bk = (const block_q8_0 *)row;
+    const int nb = K / 32;
+    const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)bk[i].qs));
+        v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)bk[i + 1].qs), 1);
+        const __m512i u = _mm512_xor_si512(v, x80);
+        const __m512 s = scale2(rd16(&bk[i].d), rd16(&bk[i + 1].d));
+        FZ_ACC(u, s, 32 * i);
+    }
+    if (i < nb) {
+        const __m512i u = _mm512_xor_si512(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)bk[i].qs)), x80);
+        const __m512i um = _mm512_maskz_mov_epi8(0xFFFFFFFFull, u);
+        const __m512 s = _mm512_maskz_mov_ps(0xFF, scale2(rd16(&bk[i].d), 0));
+        FZ_ACC32(um, s, 32 * i);
+    }
+    FZ_FINISH();
+}
+
+/* q4_K / q5_K: 8 sub-block scales (d*sc) in lanes 0-7 and mins (dmin*m) in lanes 8-15 */
+T_V512 AI __m512 kscales(const uint8_t *sc12, float d, float dmin) {
+    uint32_t u[3];
+    memcpy(u, sc12, 12);
+    const uint32_t sc_lo = u[0] & 0x3f3f3f3f, m_lo = u[1] & 0x3f3f3f3f;
+    const uint32_t sc_hi = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+    const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi)));
+    const __m512 f = _mm512_mask_mov_ps(_mm512_set1_ps(d), 0xFF00, _mm512_set1_ps(dmin));
+    return _mm512_mul_ps(v, f);
+}
+
+T_V512 AI void fz_qk45_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FZ_SETUP();
+    const int nb = K / 256;
+    const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const __m512i m0f = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8((char)0x80);
+    const __m512i shn = _mm512_setr_epi64(0, 0, 0, 0, 0x0004000400040004LL, 0x0004000400040004LL,
+                                          0x0004000400040004LL, 0x0004000400040004LL);
+    const __m512i h16 = _mm512_set1_epi8(16);
+    __m256 macc[4];
+    for (int r = 0; r < NR; r++) macc[r] = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *blk = row + (size_t)i * bsz;
+        const float d = _cvtsh_ss(rd16(blk)), dmin = _cvtsh_ss(rd16(blk + 2));
+        const __m512 sv = kscales(blk + 4, d, dmin);
+        const uint8_t *qs = five ? ((const block_q5_K *)blk)->qs : ((const block_q4_K *)blk)->qs;
+        __m512i qh = _mm512_setzero_si512();
+        if (five) qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)((const block_q5_K *)blk)->qh));
+        for (int c = 0; c < 4; c++) {
+            const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+            __m512i u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(v, shn), m0f, x80, 0xEA);
+            if (five) {
+                /* high bit: sub-block 2c (low half) uses bit 2c, 2c+1 (high half) bit 2c+1 of qh */
+                const __m512i bit = _mm512_mask_mov_epi8(_mm512_set1_epi8((char)(1 << (2 * c))), 0xFFFFFFFF00000000ull,
+                                                         _mm512_set1_epi8((char)(2 << (2 * c))));
+                const __mmask64 hm = _mm512_test_epi8_mask(qh, bit);
+                u = _mm512_mask_add_epi8(u, hm, u, h16);
+            }
+            const __m512i idx = _mm512_mask_mov_epi32(_mm512_set1_epi32(2 * c), 0xFF00, _mm512_set1_epi32(2 * c + 1));
+            const __m512 s = _mm512_permutexvar_ps(idx, sv);
+            FZ_ACC(u, s, 256 * i + 64 * c);
+        }
+        const __m256 mins = _mm512_extractf32x8_ps(sv, 1);
+        for (int r = 0; r < NR; r++)
+            macc[r] = _mm256_fnmadd_ps(mins, _mm256_loadu_ps(A->s32 + (size_t)(b + r) * (K / 32) + 8 * i), macc[r]);
+    }
+    for (int r = 0; r < NR; r++) acc[r] = _mm512_add_ps(acc[r], _mm512_castps256_ps512(macc[r]));
+    FZ_FINISH();
+}
+
+T_V512 AI void fz_q6_k_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FZ_SETUP();
+    const block_q6_K *bk = (const block_q6_K *)row;
+    const int nb = K / 256;
+    const __m512i m0f = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30), off = _mm512_set1_epi8(96);
+    const __m512i shA = _mm512_setr_epi64(0x0004000400040004LL, 0x0004000400040004LL, 0x0004000400040004LL,
+                                          0x0004000400040004LL, 0x0002000200020002LL, 0x0002000200020002LL,
+                                          0x0002000200020002LL, 0x0002000200020002LL);
+    const __m512i shB = _mm512_setr_epi64(0, 0, 0, 0, 0x0002000200020002LL, 0x0002000200020002LL,
+                                          0x0002000200020002LL, 0x0002000200020002LL);
+    const __m512i i4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    for (int i = 0; i < nb; i++) {
+        const float d = _cvtsh_ss(rd16(&bk[i].d));
+        const __m512 sv = _mm512_mul_ps(_mm512_set1_ps(d),
+                                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)bk[i].scales))));
+        for (int h = 0; h < 2; h++) {
+            const __m512i L = _mm512_loadu_si512(bk[i].ql + 64 * h);
+            const __m512i QH = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bk[i].qh + 32 * h)));
+            const __m512i hA = _mm512_and_si512(_mm512_sllv_epi16(QH, shA), m30);
+            const __m512i hB = _mm512_and_si512(_mm512_srlv_epi16(QH, shB), m30);
+            const __m512i uA = _mm512_add_epi8(_mm512_ternarylogic_epi32(L, m0f, hA, 0xEA), off);
+            const __m512i uB = _mm512_add_epi8(_mm512_ternarylogic_epi32(_mm512_srli_epi16(L, 4), m0f, hB, 0xEA), off);
+            const int c0 = 2 * h, c1 = 2 * h + 1;
+            const __m512 sA = _mm512_permutexvar_ps(_mm512_add_epi32(i4, _mm512_set1_epi32(4 * c0)), sv);
+            const __m512 sB = _mm512_permutexvar_ps(_mm512_add_epi32(i4, _mm512_set1_epi32(4 * c1)), sv);
+            FZ_ACC(uA, sA, 256 * i + 64 * c0);
+            FZ_ACC(uB, sB, 256 * i + 64 * c1);
+        }
+    }
+    FZ_FINISH();
+}
+
+#define FZ_WRAP(name, call)                                                                     \
+    T_V512 static void name(const uint8_t *row, int K, const act_t *A, int b, int nr, float *res) { \
+        for (int r = 0; r < nr; r++) res[r] = 0.f;                                              \
+        switch (nr) {                                                                           \
+        case 1: { const int NR_ = 1; call; } break;                                             \
+        case 2: { const int NR_ = 2; call; } break;                                             \
+        case 3: { const int NR_ = 3; call; } break;                                             \
+        default: { const int NR_ = 4; call; } break;                                            \
+        }                                                                                       \
+    }
+
+FZ_WRAP(fz_q4_0, fz_q4_0_nr(row, K, A, b, NR_, res))
+FZ_WRAP(fz_q5_0, fz_q5_0_nr(row, K, A, b, NR_, res))
+FZ_WRAP(fz_q8_0, fz_q8_0_nr(row, K, A, b, NR_, res))
+FZ_WRAP(fz_q4_k, fz_qk45_nr(0, row, K, A, b, NR_, res))
+FZ_WRAP(fz_q5_k, fz_qk45_nr(1, row, K, A, b, NR_, res))
+FZ_WRAP(fz_q6_k, fz_q6_k_nr(row, K, A, b, NR_, res))
 #endif
+
+static fused_fn pick_fused(int qt) {
+#ifdef ER_X86
+    if (g_isa >= ISA_AVX512VNNI) {
+        switch (qt) {
+        case ER_Q4_0: return fz_q4_0;
+        case ER_Q5_0: return fz_q5_0;
+        case ER_Q8_0: return fz_q8_0;
+        case ER_Q4_K: return fz_q4_k;
+        case ER_Q5_K: return fz_q5_k;
+        case ER_Q6_K: return fz_q6_k;
+        default: break;
+        }
+    }
+#endif
+    (void)qt;
+    return NULL;
+}
 
 typedef void (*core_fn)(const int8_t *, const float *, const float *, int, const act_t *, int, int, float *);
 
@@ -660,6 +905,19 @@ static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int 
     const int nt = nthreads();
     const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 16);
     int err = 0;
+    const fused_fn fz = B <= 8 && g_fused ? pick_fused(qt) : NULL;
+    if (fz) {
+#pragma omp parallel for num_threads(nt) if (par) schedule(static)
+        for (int n = 0; n < N; n++) {
+            float res[4];
+            for (int b = 0; b < B; b += 4) {
+                const int nr = B - b < 4 ? B - b : 4;
+                fz(W + (size_t)n * row_bytes, K, A, b, nr, res);
+                for (int r = 0; r < nr; r++) y[(size_t)(b + r) * N + n] = res[r];
+            }
+        }
+        return 0;
+    }
 #pragma omp parallel num_threads(nt) if (par)
     {
         int8_t *wq = amalloc((size_t)K);

@@ -18,7 +18,13 @@ pytestmark = pytest.mark.skipif(not nv.available(), reason=f"native kernels not 
 
 QUANT = [2, 3, 6, 7, 8, 12, 13, 14]  # Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K
 FLOAT = [0, 1, 30]  # F32 F16 BF16
-ISAS = [i for i in ("scalar", "avx2", "avx512-vnni") if nv.ISA_NAMES.index(i) <= nv._lib.er_isa_max()]
+ISAS = [
+    i
+    for i in ("scalar", "avx2", "avx512-vnni")
+    if nv.available() and nv.ISA_NAMES.index(i) <= nv._lib.er_isa_max()
+]
+if "avx512-vnni" in ISAS:
+    ISAS.append("avx512-vnni-unfused")
 _MINS = (3, 7, 12, 13)  # types with a second f16 (m / dmin) after d
 
 
@@ -66,9 +72,15 @@ def quant_act(x: np.ndarray) -> np.ndarray:
     return (q * d).reshape(b, k).astype(np.float32)
 
 
+def _use_isa(isa: str) -> None:
+    nv.set_fused(not isa.endswith("-unfused"))
+    nv.set_isa(isa.removesuffix("-unfused"))
+
+
 @pytest.fixture(autouse=True)
 def _restore():
     yield
+    nv.set_fused(True)
     nv.set_isa(None)
     nv.set_threads(2)
 
@@ -77,7 +89,7 @@ def _restore():
 @pytest.mark.parametrize("qt", QUANT + FLOAT)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_matmul(qt: int, isa: str, threads: int) -> None:
-    nv.set_isa(isa)
+    _use_isa(isa)
     nv.set_threads(threads)
     rng = np.random.default_rng(qt * 7 + threads)
     bs = nv._BLOCK[qt][0]
@@ -119,7 +131,7 @@ def test_matvec_1d_and_large_batch() -> None:
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("qt", QUANT + FLOAT)
 def test_get_rows(qt: int, isa: str) -> None:
-    nv.set_isa(isa)
+    _use_isa(isa)
     rng = np.random.default_rng(qt)
     k = 512 if nv._BLOCK[qt][0] > 1 else 72
     w = make_weight(qt, 9, k, rng)

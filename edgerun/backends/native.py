@@ -57,6 +57,7 @@ def _load() -> None:
         "er_isa_max": ([], i32),
         "er_set_isa": ([i32], i32),
         "er_set_threads": ([i32], None),
+        "er_set_fused": ([i32], i32),
         "er_get_threads": ([], i32),
         "er_noop": ([i32], i32),
         "er_supports": ([i32], i32),
@@ -106,6 +107,11 @@ def set_isa(name: str | None) -> str:
     if _lib is None:
         return "none"
     return ISA_NAMES[_lib.er_set_isa(ISA_NAMES.index(name) if name is not None else -1)]
+
+
+def set_fused(on: bool) -> bool:
+    """Enable/disable the fused small-batch kernels (for tests); returns the previous setting."""
+    return bool(_lib.er_set_fused(int(bool(on)))) if _lib is not None else False
 
 
 def set_threads(n: int) -> None:
