@@ -22,9 +22,10 @@ KEY = "sk-test"
 
 
 class LiveServer:
-    def __init__(self, engine: Engine, api_key: str | None = None) -> None:
+    def __init__(self, engine: Engine, api_key: str | None = None, model: str = MODEL) -> None:
         self.engine = engine
-        self.app = create_app(engine, MODEL, api_key=api_key)
+        self.model = model
+        self.app = create_app(engine, model, api_key=api_key)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -1,0 +1,74 @@
+"""The server with the real engine and qwen2.5-coder-0.5b-instruct, via the official client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from test_server import LiveServer
+
+from edgerun.serving.engine import Engine
+from edgerun.text.sampling import SamplingParams
+
+pytestmark = pytest.mark.real
+
+MODEL_NAME = "qwen2.5-coder-0.5b-instruct"
+QUESTIONS = ["Say hi.", "What is 2+2?", "Name a color.", "Write hello world in C.", "What is Python?",
+             "Count to three.", "Name a fruit.", "What is a list?"]
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[LiveServer]:
+    from edgerun.catalog import resolve_model
+    from edgerun.runtime.runner import Runner
+
+    runner = Runner(resolve_model(MODEL_NAME), n_ctx=1024)
+    s = LiveServer(Engine(runner, max_running=8).start(), model=runner.model_name)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(live: LiveServer) -> openai.OpenAI:
+    c = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=300)
+    c.model_name = live.model  # type: ignore[attr-defined]
+    return c
+
+
+def ask(client: openai.OpenAI, q: str, **kw: object) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(model=client.model_name, messages=[{"role": "user", "content": q}],
+                                          temperature=0, max_tokens=8, **kw)
+
+
+def test_stream_and_non_stream_agree(client: openai.OpenAI) -> None:
+    r = ask(client, "What is 2+2?")
+    text = r.choices[0].message.content
+    assert "4" in text and r.usage.completion_tokens <= 8
+    chunks = list(ask(client, "What is 2+2?", stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+
+
+def test_eight_concurrent_equal_alone(live: LiveServer, client: openai.OpenAI) -> None:
+    tok = live.engine.tokenizer
+    sp = SamplingParams(temperature=0, max_tokens=8)
+    alone = [live.engine.generate(tok.encode_chat([{"role": "user", "content": q}]), sp)[0]
+             for q in QUESTIONS]
+    with ThreadPoolExecutor(8) as ex:
+        together = list(ex.map(lambda q: ask(client, q).choices[0].message.content, QUESTIONS))
+    assert together == alone
+
+
+def test_long_prefix_served_from_cache(live: LiveServer, client: openai.OpenAI) -> None:
+    system = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly." for i in range(30))
+    msgs = lambda q: [{"role": "system", "content": system}, {"role": "user", "content": q}]  # noqa: E731
+    m = live.model
+    a = client.chat.completions.create(model=m, messages=msgs("Say hi."), temperature=0, max_tokens=2)
+    b = client.chat.completions.create(model=m, messages=msgs("Name a fruit."), temperature=0, max_tokens=2)
+    assert a.usage.prompt_tokens > 200
+    bs = live.engine.kv.block_size
+    shared = a.usage.prompt_tokens - 8  # everything up to the differing user turn
+    assert b.usage.prompt_tokens_details.cached_tokens >= (shared // bs - 1) * bs
+    assert live.engine.stats()["prefix_cache_hits"] >= b.usage.prompt_tokens_details.cached_tokens
