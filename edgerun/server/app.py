@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -125,8 +126,12 @@ def _sse(obj: Any) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
-def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app serving `engine` under `model_name` (Bearer `api_key` if given)."""
+def create_app(engine: Engine, model_name: str, api_key: str | None = None,
+               aliases: tuple[str, ...] = ()) -> FastAPI:
+    """The FastAPI app serving `engine` under `model_name` (Bearer `api_key` if given).
+
+    Requests may also name the model by any of `aliases` (e.g. its catalog name).
+    """
     app = FastAPI(title="edgerun", docs_url=None, redoc_url=None)
     metrics = Metrics()
     engine.observers.append(metrics)
@@ -169,7 +174,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> F
         if not isinstance(body, dict):
             raise ApiError(400, "the JSON body must be an object", code="invalid_json")
         model = _field(body, "model", str)
-        if model != model_name:
+        if model != model_name and model not in aliases:
             raise ApiError(404, f"the model '{model}' does not exist; this server has '{model_name}'",
                            param="model", code="model_not_found")
         return body
@@ -342,15 +347,22 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> F
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from edgerun.catalog import resolve_model
+    from edgerun.catalog import ModelError, resolve_model
+    from edgerun.models.base import ModelLoadError
+    from edgerun.quant.gguf_file import GGUFError
     from edgerun.runtime.runner import Runner
 
-    path = resolve_model(args.model)
-    runner = Runner(path, n_ctx=args.ctx, n_threads=args.threads)
+    try:
+        path = resolve_model(args.model)
+        runner = Runner(path, n_ctx=args.ctx, n_threads=args.threads, num_blocks=args.kv_blocks,
+                        backend=args.backend)
+    except (ModelError, GGUFError, ModelLoadError, ValueError) as e:
+        print(f"edgerun: error: {e}", file=sys.stderr)
+        return 2
     name = getattr(runner, "model_name", None) or str(args.model)
     engine = Engine(runner, max_running=args.max_running, max_queue=args.max_queue,
                     max_batch_tokens=args.max_batch_tokens).start()
-    app = create_app(engine, name, api_key=args.api_key)
+    app = create_app(engine, name, api_key=args.api_key, aliases=(str(args.model), path.stem, path.name))
     print(f"edgerun: serving {name} on http://{args.host}:{args.port}/v1 (ctx {runner.n_ctx})", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
@@ -371,5 +383,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     p.add_argument("--max-batch-tokens", type=int, default=512, help="token budget per engine step")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the runner")
+    p.add_argument("--kv-blocks", type=int, default=None,
+                   help="KV cache blocks of 16 tokens (default: two full contexts)")
+    p.add_argument("--backend", choices=["auto", "native", "numba", "reference"], default="auto",
+                   help="CPU kernels")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
