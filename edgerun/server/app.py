@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgerun.server.metrics import Metrics
@@ -243,6 +244,11 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             if not handle.finished:
                 handle.cancel()
 
+    def _sse_response(handle: RequestHandle, body: AsyncIterator[bytes]) -> StreamingResponse:
+        # The background task also runs when the client leaves before the stream started.
+        return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(handle.cancel))
+
     def _stream_opts(body: dict[str, Any]) -> bool:
         opts = _field(body, "stream_options", dict, {})
         return bool(opts.get("include_usage", False))
@@ -286,8 +292,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
 
         first = chunk("", None)
         first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-        return StreamingResponse(_stream(handle, chunk, [first], include_usage, rid),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _sse_response(handle, _stream(handle, chunk, [first], include_usage, rid))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Response:
@@ -322,8 +327,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
                     "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
 
-        return StreamingResponse(_stream(handle, chunk, [], include_usage, rid),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _sse_response(handle, _stream(handle, chunk, [], include_usage, rid))
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -332,9 +336,12 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
                                             "owned_by": "edgerun", "max_model_len": engine.n_ctx}]}
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> JSONResponse:
         st = engine.stats()
-        return {"status": "ok", "model": model_name, "running": st["running"], "waiting": st["waiting"]}
+        ok = engine.is_alive()
+        return JSONResponse({"status": "ok" if ok else "engine stopped", "model": model_name,
+                             "running": st["running"], "waiting": st["waiting"]},
+                            status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def prom() -> PlainTextResponse:

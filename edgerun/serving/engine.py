@@ -230,6 +230,10 @@ class Engine:
             self._finish(seq, "abort")
         self._inbox.clear()
 
+    def is_alive(self) -> bool:
+        """Whether the engine thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
     def __enter__(self) -> Engine:
         return self.start()
 
