@@ -232,3 +232,15 @@ def test_loadtest_against_server(live: LiveServer, tmp_path) -> None:
     assert (tmp_path / "lt.png").stat().st_size > 1000
     assert "conc" in loadtest.format_table(levels)
     wait_idle(live.engine)
+
+
+def test_gpu_gauges_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgerun.server import metrics as m
+
+    gpu = {"memory_used": 2e9, "memory_total": 8e10, "utilization": 0.5}
+    monkeypatch.setattr(m, "gpu_stats", lambda: [gpu])
+    stats = {"running": 1, "waiting": 0, "kv_blocks_used": 3, "kv_blocks_total": 8, "kv_usage": 0.375,
+             "prefix_cache_hit_rate": 0.0, "prefix_cache_queries": 0, "prefix_cache_hits": 0}
+    text = m.Metrics().render(stats)
+    assert 'edgerun_gpu_memory_used_bytes{gpu="0"} 2000000000.0' in text
+    assert 'edgerun_gpu_utilization_ratio{gpu="0"} 0.5' in text

@@ -68,6 +68,8 @@ _nvml: Any = None
 def gpu_stats() -> list[dict[str, float]]:
     """Per-GPU memory used/total (bytes) and utilisation (0-1) via pynvml; [] without it."""
     global _nvml
+    if _nvml is False:
+        return []
     try:
         if _nvml is None:
             import pynvml
