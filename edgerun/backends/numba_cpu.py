@@ -83,29 +83,34 @@ def _emit(out, i, v, x, fma):
 
 
 @njit(inline="always", fastmath=True)
+def _nibbles32(row, qo, qh, d, m, out, x, fma):
+    """32-element block, nibbles at row[qo:qo+16] (low: 0..15, high: 16..31), 5th bit i of qh: d*q + m.
+
+    qo is a literal at every call site so indices stay provably non-negative after inlining.
+    """
+    for j in range(16):
+        b = row[qo + j]
+        _emit(out, j, d * _f32((b & 15) | (((qh >> j) & 1) << 4)) + m, x, fma)
+        _emit(out, 16 + j, d * _f32((b >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m, x, fma)
+
+
+@njit(inline="always", fastmath=True)
 def _deq_block(kind, bs, row, srow, lut, out, x, fma):
     """Dequantize one block (row, srow: its bytes) into out[:bs]; with fma, add w * x into 32 lanes of out."""
     if kind == Q8_0:
         d = _half(lut, row, 0)
         for i in range(32):
             _emit(out, i, d * _f32(srow[2 + i]), x, fma)
-    elif kind == Q4_0 or kind == Q4_1:
+    elif kind == Q4_0:
         d = _half(lut, row, 0)
-        m = _f32(-8.0) * d if kind == Q4_0 else _half(lut, row, 2)
-        qo = 2 if kind == Q4_0 else 4
-        for j in range(16):
-            b = row[qo + j]
-            _emit(out, j, d * _f32(b & 15) + m, x, fma)
-            _emit(out, 16 + j, d * _f32(b >> 4) + m, x, fma)
-    elif kind == Q5_0 or kind == Q5_1:
+        _nibbles32(row, 2, 0, d, _f32(-8.0) * d, out, x, fma)
+    elif kind == Q4_1:
+        _nibbles32(row, 4, 0, _half(lut, row, 0), _half(lut, row, 2), out, x, fma)
+    elif kind == Q5_0:
         d = _half(lut, row, 0)
-        m = _f32(-16.0) * d if kind == Q5_0 else _half(lut, row, 2)
-        ho = 2 if kind == Q5_0 else 4
-        qh = _u32(row, ho)
-        for j in range(16):
-            b = row[ho + 4 + j]
-            _emit(out, j, d * _f32((b & 15) | (((qh >> j) & 1) << 4)) + m, x, fma)
-            _emit(out, 16 + j, d * _f32((b >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m, x, fma)
+        _nibbles32(row, 6, _u32(row, 2), d, _f32(-16.0) * d, out, x, fma)
+    elif kind == Q5_1:
+        _nibbles32(row, 8, _u32(row, 4), _half(lut, row, 0), _half(lut, row, 2), out, x, fma)
     elif kind == Q4_K or kind == Q5_K:
         d = _half(lut, row, 0)
         dmin = _half(lut, row, 2)
