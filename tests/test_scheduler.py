@@ -262,6 +262,13 @@ def test_submit_errors() -> None:
     with pytest.raises(QueueFullError):
         eng.submit([1, 2], params(1))
     eng.shutdown()
+    with pytest.raises(ValueError, match="KV cache"):
+        Engine(FakeRunner(num_blocks=4, block_size=4)).submit(list(range(16)), params(1))
+    # a sequence that outgrows the whole pool ends with "length"
+    with Engine(FakeRunner(num_blocks=4, block_size=4)) as eng:
+        _, ids, fin, _ = eng.generate(list(range(10)), params(1, 100))
+        assert fin == "length" and len(ids) == 7
+        assert_pool_whole(eng)
     # generation is clamped by the context
     with Engine(FakeRunner(n_ctx=32)) as eng:
         _, ids, fin, _ = eng.generate(prompt(1, 30), params(1, 100))

@@ -251,6 +251,9 @@ class Engine:
         if len(prompt_ids) >= self.n_ctx:
             raise ValueError(f"prompt has {len(prompt_ids)} tokens; the context holds {self.n_ctx} "
                              "(including at least one generated token)")
+        if self.kv.blocks_needed(len(prompt_ids) + 1) > self.kv.num_blocks:
+            raise ValueError(f"prompt has {len(prompt_ids)} tokens; the KV cache holds "
+                             f"{self.kv.num_blocks * self.kv.block_size}")
         max_tokens = min(params.max_tokens, self.n_ctx - len(prompt_ids))
         seq = Sequence(prompt_ids=prompt_ids, max_tokens=max_tokens)
         handle = RequestHandle(self, seq)
