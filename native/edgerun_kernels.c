@@ -130,6 +130,10 @@ typedef struct {
     float *s;     /* B*K/16 scale * sum of 16 quants */
     int32_t *n;   /* B*K/4 : -128 * sum of 4 quants (VNNI offset) */
     float *s32;   /* B*K/32 scale * sum of 32 quants */
+    /* Q8_K-style (K-quant fused kernels): one scale per 256, sums per 16 */
+    int8_t *kq;   /* B*K */
+    float *kd;    /* B*K/256 */
+    int16_t *kb;  /* B*K/16 */
 } act_t;
 
 AI void quant_block32(const float *x, int8_t *q, float *l, float *s, int32_t *n) {
@@ -198,26 +202,94 @@ static void quant_row(const float *x, int K, int8_t *q, float *l, float *s, int3
     quant_row_scalar(x, K, q, l, s, n);
 }
 
-static int act_alloc(act_t *a, int B, int K) {
+static int act_alloc(act_t *a, int B, int K, int want32, int wantk) {
+    memset(a, 0, sizeof(*a));
     a->K = K;
-    a->q = amalloc((size_t)B * K);
-    a->l = amalloc((size_t)B * K);         /* K/4 floats */
-    a->s = amalloc((size_t)B * (K / 4));   /* K/16 floats */
-    a->n = amalloc((size_t)B * K);         /* K/4 int32 */
-    a->s32 = amalloc((size_t)B * (K / 8)); /* K/32 floats */
-    if (!a->q || !a->l || !a->s || !a->n || !a->s32) return -1;
+    if (want32) {
+        a->q = amalloc((size_t)B * K);
+        a->l = amalloc((size_t)B * K);         /* K/4 floats */
+        a->s = amalloc((size_t)B * (K / 4));   /* K/16 floats */
+        a->n = amalloc((size_t)B * K);         /* K/4 int32 */
+        a->s32 = amalloc((size_t)B * (K / 8)); /* K/32 floats */
+        if (!a->q || !a->l || !a->s || !a->n || !a->s32) return -1;
+    }
+    if (wantk) {
+        a->kq = amalloc((size_t)B * K);
+        a->kd = amalloc((size_t)B * (K / 64) + 4); /* K/256 floats */
+        a->kb = amalloc((size_t)B * (K / 8));      /* K/16 int16 */
+        if (!a->kq || !a->kd || !a->kb) return -1;
+    }
     return 0;
 }
 
-static void act_free(act_t *a) { free(a->q); free(a->l); free(a->s); free(a->n); free(a->s32); }
+static void act_free(act_t *a) {
+    free(a->q); free(a->l); free(a->s); free(a->n); free(a->s32);
+    free(a->kq); free(a->kd); free(a->kb);
+}
+
+#ifdef ER_X86
+T_V512 static void quant_row_k_v512(const float *x, int K, int8_t *q, float *d, int16_t *bsum) {
+    const __m512 sgn = _mm512_set1_ps(-0.0f), half = _mm512_set1_ps(0.5f);
+    for (int i = 0; i < K / 256; i++) {
+        const float *xb = x + 256 * i;
+        __m512 a = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j++) a = _mm512_max_ps(a, _mm512_andnot_ps(sgn, _mm512_loadu_ps(xb + 16 * j)));
+        const float amax = _mm512_reduce_max_ps(a);
+        d[i] = amax / 127.f;
+        const __m512 vid = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        for (int j = 0; j < 16; j++) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xb + 16 * j), vid);
+            v = _mm512_add_ps(v, _mm512_or_ps(half, _mm512_and_ps(sgn, v)));
+            const __m512i iv = _mm512_cvttps_epi32(v);
+            _mm_storeu_si128((__m128i *)(q + 256 * i + 16 * j), _mm512_cvtepi32_epi8(iv));
+            bsum[16 * i + j] = (int16_t)_mm512_reduce_add_epi32(iv);
+        }
+    }
+}
+#endif
+
+static void quant_row_k_scalar(const float *x, int K, int8_t *q, float *d, int16_t *bsum) {
+    for (int i = 0; i < K / 256; i++) {
+        const float *xb = x + 256 * i;
+        float amax = 0.f;
+        for (int j = 0; j < 256; j++) { float v = fabsf(xb[j]); amax = amax > v ? amax : v; }
+        d[i] = amax / 127.f;
+        const float id = amax > 0.f ? 127.f / amax : 0.f;
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int j = 16 * g; j < 16 * g + 16; j++) {
+                float v = xb[j] * id;
+                int qi = (int)(v + (v >= 0.f ? 0.5f : -0.5f));
+                q[256 * i + j] = (int8_t)qi;
+                sum += qi;
+            }
+            bsum[16 * i + g] = (int16_t)sum;
+        }
+    }
+}
 
 static void act_quantize(act_t *a, const float *x, int B, int K) {
     const int nt = nthreads();
+    if (a->q) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (B > 8 && nt > 1)
-    for (int b = 0; b < B; b++)
-        quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4, a->s + (size_t)b * K / 16,
-                  a->n + (size_t)b * K / 4);
-    for (size_t i = 0; i < (size_t)B * K / 32; i++) a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
+        for (int b = 0; b < B; b++)
+            quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4,
+                      a->s + (size_t)b * K / 16, a->n + (size_t)b * K / 4);
+        for (size_t i = 0; i < (size_t)B * K / 32; i++) a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
+    }
+    if (a->kq) {
+        for (int b = 0; b < B; b++) {
+#ifdef ER_X86
+            if (g_isa >= ISA_AVX512VNNI) {
+                quant_row_k_v512(x + (size_t)b * K, K, a->kq + (size_t)b * K, a->kd + (size_t)b * (K / 256),
+                                 a->kb + (size_t)b * (K / 16));
+                continue;
+            }
+#endif
+            quant_row_k_scalar(x + (size_t)b * K, K, a->kq + (size_t)b * K, a->kd + (size_t)b * (K / 256),
+                               a->kb + (size_t)b * (K / 16));
+        }
+    }
 }
 
 /* ------------------------------------------------------- weight decoding */
@@ -694,155 +766,221 @@ T_V512 AI __m512i nib2(const uint8_t *q0, const uint8_t *q1) {
     return _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(15));
 }
 
-T_V512 AI void fz_q4_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
-    FZ_SETUP();
-    const block_q4_0 *bk = (const block_q4_0 *)row;
-    const int nb = K / 32;
-    const __m512i off = _mm512_set1_epi8(120);
-    int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        const __m512i u = _mm512_add_epi8(nib2(bk[i].qs, bk[i + 1].qs), off);
-        const __m512 s = scale2(rd16(&bk[i].d), rd16(&bk[i + 1].d));
-        FZ_ACC(u, s, 32 * i);
+
+#define FZ_ACCX(ACC, u, s, e)                                                                             \
+    for (int r = 0; r < NR; r++) {                                                                        \
+        __m512i p_ = _mm512_dpbusd_epi32(_mm512_loadu_si512(xn[r] + (e) / 4), (u),                        \
+                                         _mm512_loadu_si512(q[r] + (e)));                                 \
+        ACC[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p_), _mm512_mul_ps((s), _mm512_loadu_ps(xl[r] + (e) / 4)), \
+                                 ACC[r]);                                                                 \
     }
-    if (i < nb) {
-        const __m512i u = _mm512_maskz_add_epi8(0xFFFFFFFFull, nib2(bk[i].qs, bk[i].qs), off);
-        const __m512 s = _mm512_maskz_mov_ps(0xFF, scale2(rd16(&bk[i].d), 0));
-        FZ_ACC32(u, s, 32 * i);
-    }
-    FZ_FINISH();
+
+AI uint64_t bytemask(int n) { return n >= 64 ? ~0ull : ((1ull << n) - 1); }
+
+/* word-permutation tables (vpermw) for two consecutive legacy blocks loaded into one zmm */
+static const uint16_t IDX_Q4_0_Q[32] = {1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+                                        10, 11, 12, 13, 14, 15, 16, 17, 10, 11, 12, 13, 14, 15, 16, 17};
+static const uint16_t IDX_Q4_0_S[32] = {0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9};
+static const uint16_t IDX_Q5_0_Q[32] = {3, 4, 5, 6, 7, 8, 9, 10, 3, 4, 5, 6, 7, 8, 9, 10,
+                                        14, 15, 16, 17, 18, 19, 20, 21, 14, 15, 16, 17, 18, 19, 20, 21};
+static const uint16_t IDX_Q5_0_S[32] = {0, 0, 0, 0, 0, 0, 0, 0, 11, 11, 11, 11, 11, 11, 11, 11};
+static const uint16_t IDX_Q8_0_S[32] = {0, 0, 0, 0, 0, 0, 0, 0, 17, 17, 17, 17, 17, 17, 17, 17};
+
+T_V512 AI __m512 halfscales(__m512i idx, __m512i v) {
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, v)));
 }
 
-T_V512 AI void fz_q5_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+/* Q4_0 / Q5_0: two blocks per zmm, two accumulator sets to hide FMA latency */
+T_V512 AI void fz_q4q5_0_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FZ_SETUP();
-    const block_q5_0 *bk = (const block_q5_0 *)row;
+    __m512 acc2[4];
+    for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
+    const int bs = five ? 22 : 18;
     const int nb = K / 32;
-    const __m512i off = _mm512_set1_epi8(112), h16 = _mm512_set1_epi8(16);
+    const __m512i iq = _mm512_loadu_si512(five ? IDX_Q5_0_Q : IDX_Q4_0_Q);
+    const __m512i is = _mm512_loadu_si512(five ? IDX_Q5_0_S : IDX_Q4_0_S);
+    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
+                                         0x0004000400040004LL, 0x0004000400040004LL);
+    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16);
+    const __m512i off = _mm512_set1_epi8(five ? 112 : 120);
+    const uint64_t m2 = bytemask(2 * bs), m1 = bytemask(bs);
+#define Q45_PAIR(ACC, i_, mask_)                                                                       \
+    {                                                                                                  \
+        const uint8_t *p0 = row + (size_t)(i_) * bs;                                                   \
+        const __m512i v = _mm512_maskz_loadu_epi8(mask_, p0);                                          \
+        __m512i u = _mm512_add_epi8(_mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi16(iq, v), sh), m0f), off); \
+        if (five) {                                                                                    \
+            uint32_t h0, h1 = 0;                                                                       \
+            memcpy(&h0, p0 + 2, 4);                                                                    \
+            if ((mask_) == m2) memcpy(&h1, p0 + bs + 2, 4);                                            \
+            u = _mm512_mask_add_epi8(u, (__mmask64)h0 | ((__mmask64)h1 << 32), u, h16);                \
+        }                                                                                              \
+        const __m512 s = halfscales(is, v);                                                            \
+        if ((mask_) == m2) { FZ_ACCX(ACC, u, s, 32 * (i_)); }                                          \
+        else { FZ_ACC32(u, s, 32 * (i_)); }                                                            \
+    }
     int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        uint32_t h0, h1;
-        memcpy(&h0, bk[i].qh, 4);
-        memcpy(&h1, bk[i + 1].qh, 4);
-        const __mmask64 hm = (__mmask64)h0 | ((__mmask64)h1 << 32);
-        const __m512i u = _mm512_add_epi8(nib2(bk[i].qs, bk[i + 1].qs), off);
-        const __m512i u2 = _mm512_mask_add_epi8(u, hm, u, h16);
-        const __m512 s = scale2(rd16(&bk[i].d), rd16(&bk[i + 1].d));
-        FZ_ACC(u2, s, 32 * i);
+    for (; i + 4 <= nb; i += 4) {
+        Q45_PAIR(acc, i, m2);
+        Q45_PAIR(acc2, i + 2, m2);
     }
-    if (i < nb) {
-        uint32_t h0;
-        memcpy(&h0, bk[i].qh, 4);
-        __m512i u = _mm512_maskz_add_epi8(0xFFFFFFFFull, nib2(bk[i].qs, bk[i].qs), off);
-        u = _mm512_mask_add_epi8(u, (__mmask64)h0, u, h16);
-        const __m512 s = _mm512_maskz_mov_ps(0xFF, scale2(rd16(&bk[i].d), 0));
-        FZ_ACC32(u, s, 32 * i);
-    }
+    for (; i + 2 <= nb; i += 2) Q45_PAIR(acc, i, m2);
+    if (i < nb) Q45_PAIR(acc, i, m1);
+#undef Q45_PAIR
+    for (int r = 0; r < NR; r++) acc[r] = _mm512_add_ps(acc[r], acc2[r]);
     FZ_FINISH();
 }
 
 T_V512 AI void fz_q8_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FZ_SETUP();
-    const block_q8_0 *bk = (const block_q8_0 *)row;
+    __m512 acc2[4];
+    for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
     const int nb = K / 32;
     const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    const __m512i is = _mm512_loadu_si512(IDX_Q8_0_S);
+#define Q8_PAIR(ACC, i_)                                                                              \
+    {                                                                                                 \
+        const uint8_t *p0 = row + (size_t)(i_) * 34;                                                  \
+        __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p0 + 2)));            \
+        v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)(p0 + 36)), 1);                 \
+        const __m512i u = _mm512_xor_si512(v, x80);                                                   \
+        const __m512 s = halfscales(is, _mm512_loadu_si512(p0));                                      \
+        FZ_ACCX(ACC, u, s, 32 * (i_));                                                                \
+    }
     int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)bk[i].qs));
-        v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)bk[i + 1].qs), 1);
-        const __m512i u = _mm512_xor_si512(v, x80);
-        const __m512 s = scale2(rd16(&bk[i].d), rd16(&bk[i + 1].d));
-        FZ_ACC(u, s, 32 * i);
+    for (; i + 4 <= nb; i += 4) {
+        Q8_PAIR(acc, i);
+        Q8_PAIR(acc2, i + 2);
     }
+    for (; i + 2 <= nb; i += 2) Q8_PAIR(acc, i);
+#undef Q8_PAIR
     if (i < nb) {
-        const __m512i u = _mm512_xor_si512(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)bk[i].qs)), x80);
-        const __m512i um = _mm512_maskz_mov_epi8(0xFFFFFFFFull, u);
-        const __m512 s = _mm512_maskz_mov_ps(0xFF, scale2(rd16(&bk[i].d), 0));
-        FZ_ACC32(um, s, 32 * i);
+        const uint8_t *p0 = row + (size_t)i * 34;
+        const __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(0xFFFFFFFFull, p0 + 2), x80);
+        const __m512 s = halfscales(is, _mm512_maskz_loadu_epi8(bytemask(34), p0));
+        FZ_ACC32(u, s, 32 * i);
     }
+    for (int r = 0; r < NR; r++) acc[r] = _mm512_add_ps(acc[r], acc2[r]);
     FZ_FINISH();
 }
 
-/* q4_K / q5_K: 8 sub-block scales (d*sc) in lanes 0-7 and mins (dmin*m) in lanes 8-15 */
-T_V512 AI __m512 kscales(const uint8_t *sc12, float d, float dmin) {
-    uint32_t u[3];
-    memcpy(u, sc12, 12);
-    const uint32_t sc_lo = u[0] & 0x3f3f3f3f, m_lo = u[1] & 0x3f3f3f3f;
-    const uint32_t sc_hi = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
-    const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
-    const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi)));
-    const __m512 f = _mm512_mask_mov_ps(_mm512_set1_ps(d), 0xFF00, _mm512_set1_ps(dmin));
-    return _mm512_mul_ps(v, f);
-}
+/* ---- K-quants with Q8_K-style activations (one scale per 256, sums per 16):
+ * maddubs (u8 weights x s8 activations -> s16 pairs) then dpwssd with the integer
+ * sub-block scales, accumulated in int32 over a super-block. */
 
-T_V512 AI void fz_qk45_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
-    FZ_SETUP();
-    const int nb = K / 256;
+#define FK_SETUP()                                                      \
+    const int nb = K / 256;                                             \
+    __m512 facc[4];                                                     \
+    __m256 macc[4];                                                     \
+    const int8_t *kq[4];                                                \
+    const float *kd[4];                                                 \
+    const int16_t *kb[4];                                               \
+    for (int r = 0; r < NR; r++) {                                      \
+        facc[r] = _mm512_setzero_ps();                                  \
+        macc[r] = _mm256_setzero_ps();                                  \
+        kq[r] = A->kq + (size_t)(b + r) * K;                            \
+        kd[r] = A->kd + (size_t)(b + r) * nb;                           \
+        kb[r] = A->kb + (size_t)(b + r) * (K / 16);                     \
+    }
+
+static const uint16_t IDX_K45_SC[4][32] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+    {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5},
+    {6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}};
+static const uint16_t IDX_K45_M[32] = {8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15};
+static const uint16_t IDX_Q6K_SC[4][32] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13,
+     14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+
+T_V512 AI void fk_q45_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FK_SETUP();
     const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
-    const __m512i m0f = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8((char)0x80);
+    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16);
     const __m512i shn = _mm512_setr_epi64(0, 0, 0, 0, 0x0004000400040004LL, 0x0004000400040004LL,
                                           0x0004000400040004LL, 0x0004000400040004LL);
-    const __m512i h16 = _mm512_set1_epi8(16);
-    __m256 macc[4];
-    for (int r = 0; r < NR; r++) macc[r] = _mm256_setzero_ps();
+    const __m512i im = _mm512_loadu_si512(IDX_K45_M);
     for (int i = 0; i < nb; i++) {
         const uint8_t *blk = row + (size_t)i * bsz;
         const float d = _cvtsh_ss(rd16(blk)), dmin = _cvtsh_ss(rd16(blk + 2));
-        const __m512 sv = kscales(blk + 4, d, dmin);
-        const uint8_t *qs = five ? ((const block_q5_K *)blk)->qs : ((const block_q4_K *)blk)->qs;
+        uint32_t t[3];
+        memcpy(t, blk + 4, 12);
+        const uint32_t sc_lo = t[0] & 0x3f3f3f3f, m_lo = t[1] & 0x3f3f3f3f;
+        const uint32_t sc_hi = (t[2] & 0x0f0f0f0f) | (((t[0] >> 6) & 0x03030303) << 4);
+        const uint32_t m_hi = ((t[2] >> 4) & 0x0f0f0f0f) | (((t[1] >> 6) & 0x03030303) << 4);
+        const __m512i scw = _mm512_cvtepu8_epi16(
+            _mm256_zextsi128_si256(_mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi)));
+        const uint8_t *qs = blk + (five ? 48 : 16);
         __m512i qh = _mm512_setzero_si512();
-        if (five) qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)((const block_q5_K *)blk)->qh));
+        if (five) qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
+        __m512i isum[4];
+        for (int r = 0; r < NR; r++) isum[r] = _mm512_setzero_si512();
         for (int c = 0; c < 4; c++) {
             const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
-            __m512i u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(v, shn), m0f, x80, 0xEA);
+            __m512i u = _mm512_and_si512(_mm512_srlv_epi16(v, shn), m0f);
             if (five) {
-                /* high bit: sub-block 2c (low half) uses bit 2c, 2c+1 (high half) bit 2c+1 of qh */
                 const __m512i bit = _mm512_mask_mov_epi8(_mm512_set1_epi8((char)(1 << (2 * c))), 0xFFFFFFFF00000000ull,
                                                          _mm512_set1_epi8((char)(2 << (2 * c))));
-                const __mmask64 hm = _mm512_test_epi8_mask(qh, bit);
-                u = _mm512_mask_add_epi8(u, hm, u, h16);
+                u = _mm512_mask_add_epi8(u, _mm512_test_epi8_mask(qh, bit), u, h16);
             }
-            const __m512i idx = _mm512_mask_mov_epi32(_mm512_set1_epi32(2 * c), 0xFF00, _mm512_set1_epi32(2 * c + 1));
-            const __m512 s = _mm512_permutexvar_ps(idx, sv);
-            FZ_ACC(u, s, 256 * i + 64 * c);
+            const __m512i sc = _mm512_permutexvar_epi16(_mm512_loadu_si512(IDX_K45_SC[c]), scw);
+            for (int r = 0; r < NR; r++) {
+                const __m512i p = _mm512_maddubs_epi16(u, _mm512_loadu_si512(kq[r] + 256 * i + 64 * c));
+                isum[r] = _mm512_dpwssd_epi32(isum[r], p, sc);
+            }
         }
-        const __m256 mins = _mm512_extractf32x8_ps(sv, 1);
-        for (int r = 0; r < NR; r++)
-            macc[r] = _mm256_fnmadd_ps(mins, _mm256_loadu_ps(A->s32 + (size_t)(b + r) * (K / 32) + 8 * i), macc[r]);
+        const __m256i m16 = _mm512_castsi512_si256(_mm512_permutexvar_epi16(im, scw));
+        for (int r = 0; r < NR; r++) {
+            const float da = kd[r][i];
+            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(d * da), facc[r]);
+            const __m256i mi = _mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i *)(kb[r] + 16 * i)));
+            macc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mi), _mm256_set1_ps(dmin * da), macc[r]);
+        }
     }
-    for (int r = 0; r < NR; r++) acc[r] = _mm512_add_ps(acc[r], _mm512_castps256_ps512(macc[r]));
-    FZ_FINISH();
+    for (int r = 0; r < NR; r++) res[r] += _mm512_reduce_add_ps(facc[r]) - hsum256(macc[r]);
 }
 
-T_V512 AI void fz_q6_k_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
-    FZ_SETUP();
+T_V512 AI void fk_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FK_SETUP();
+    (void)macc;
     const block_q6_K *bk = (const block_q6_K *)row;
-    const int nb = K / 256;
-    const __m512i m0f = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30), off = _mm512_set1_epi8(96);
+    const __m512i m0f = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
     const __m512i shA = _mm512_setr_epi64(0x0004000400040004LL, 0x0004000400040004LL, 0x0004000400040004LL,
                                           0x0004000400040004LL, 0x0002000200020002LL, 0x0002000200020002LL,
                                           0x0002000200020002LL, 0x0002000200020002LL);
     const __m512i shB = _mm512_setr_epi64(0, 0, 0, 0, 0x0002000200020002LL, 0x0002000200020002LL,
                                           0x0002000200020002LL, 0x0002000200020002LL);
-    const __m512i i4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     for (int i = 0; i < nb; i++) {
         const float d = _cvtsh_ss(rd16(&bk[i].d));
-        const __m512 sv = _mm512_mul_ps(_mm512_set1_ps(d),
-                                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)bk[i].scales))));
+        const __m512i scw = _mm512_cvtepi8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)bk[i].scales)));
+        __m512i isum[4];
+        for (int r = 0; r < NR; r++) isum[r] = _mm512_setzero_si512();
         for (int h = 0; h < 2; h++) {
             const __m512i L = _mm512_loadu_si512(bk[i].ql + 64 * h);
             const __m512i QH = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bk[i].qh + 32 * h)));
-            const __m512i hA = _mm512_and_si512(_mm512_sllv_epi16(QH, shA), m30);
-            const __m512i hB = _mm512_and_si512(_mm512_srlv_epi16(QH, shB), m30);
-            const __m512i uA = _mm512_add_epi8(_mm512_ternarylogic_epi32(L, m0f, hA, 0xEA), off);
-            const __m512i uB = _mm512_add_epi8(_mm512_ternarylogic_epi32(_mm512_srli_epi16(L, 4), m0f, hB, 0xEA), off);
-            const int c0 = 2 * h, c1 = 2 * h + 1;
-            const __m512 sA = _mm512_permutexvar_ps(_mm512_add_epi32(i4, _mm512_set1_epi32(4 * c0)), sv);
-            const __m512 sB = _mm512_permutexvar_ps(_mm512_add_epi32(i4, _mm512_set1_epi32(4 * c1)), sv);
-            FZ_ACC(uA, sA, 256 * i + 64 * c0);
-            FZ_ACC(uB, sB, 256 * i + 64 * c1);
+            const __m512i uA = _mm512_ternarylogic_epi32(L, m0f, _mm512_and_si512(_mm512_sllv_epi16(QH, shA), m30), 0xEA);
+            const __m512i uB = _mm512_ternarylogic_epi32(_mm512_srli_epi16(L, 4), m0f,
+                                                         _mm512_and_si512(_mm512_srlv_epi16(QH, shB), m30), 0xEA);
+            const __m512i sA = _mm512_permutexvar_epi16(_mm512_loadu_si512(IDX_Q6K_SC[2 * h]), scw);
+            const __m512i sB = _mm512_permutexvar_epi16(_mm512_loadu_si512(IDX_Q6K_SC[2 * h + 1]), scw);
+            for (int r = 0; r < NR; r++) {
+                const int8_t *qa = kq[r] + 256 * i + 128 * h;
+                isum[r] = _mm512_dpwssd_epi32(isum[r], _mm512_maddubs_epi16(uA, _mm512_loadu_si512(qa)), sA);
+                isum[r] = _mm512_dpwssd_epi32(isum[r], _mm512_maddubs_epi16(uB, _mm512_loadu_si512(qa + 64)), sB);
+            }
+        }
+        const __m256i sc16 = _mm512_castsi512_si256(scw);
+        for (int r = 0; r < NR; r++) {
+            /* value = d*sc*(q-32): subtract 32 * sum_g sc_g * bsum_g */
+            const __m256i o = _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(kb[r] + 16 * i))), 5);
+            const __m512i t = _mm512_sub_epi32(isum[r], _mm512_zextsi256_si512(o));
+            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * kd[r][i]), facc[r]);
         }
     }
-    FZ_FINISH();
+    for (int r = 0; r < NR; r++) res[r] += _mm512_reduce_add_ps(facc[r]);
 }
 
 #define FZ_WRAP(name, call)                                                                     \
@@ -856,13 +994,15 @@ T_V512 AI void fz_q6_k_nr(const uint8_t *row, int K, const act_t *A, int b, int 
         }                                                                                       \
     }
 
-FZ_WRAP(fz_q4_0, fz_q4_0_nr(row, K, A, b, NR_, res))
-FZ_WRAP(fz_q5_0, fz_q5_0_nr(row, K, A, b, NR_, res))
+FZ_WRAP(fz_q4_0, fz_q4q5_0_nr(0, row, K, A, b, NR_, res))
+FZ_WRAP(fz_q5_0, fz_q4q5_0_nr(1, row, K, A, b, NR_, res))
 FZ_WRAP(fz_q8_0, fz_q8_0_nr(row, K, A, b, NR_, res))
-FZ_WRAP(fz_q4_k, fz_qk45_nr(0, row, K, A, b, NR_, res))
-FZ_WRAP(fz_q5_k, fz_qk45_nr(1, row, K, A, b, NR_, res))
-FZ_WRAP(fz_q6_k, fz_q6_k_nr(row, K, A, b, NR_, res))
+FZ_WRAP(fz_q4_k, fk_q45_nr(0, row, K, A, b, NR_, res))
+FZ_WRAP(fz_q5_k, fk_q45_nr(1, row, K, A, b, NR_, res))
+FZ_WRAP(fz_q6_k, fk_q6_nr(row, K, A, b, NR_, res))
 #endif
+
+static int is_kquant(int qt) { return qt == ER_Q4_K || qt == ER_Q5_K || qt == ER_Q6_K; }
 
 static fused_fn pick_fused(int qt) {
 #ifdef ER_X86
@@ -898,6 +1038,9 @@ static void pick_q(decode_fn *dec, core_fn *core) {
 
 #define BTILE 32
 
+static int use_fused(int qt, int B) { return B <= 8 && g_fused && pick_fused(qt) != NULL; }
+static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B); }
+
 static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y) {
     decode_fn dec;
     core_fn core;
@@ -905,7 +1048,7 @@ static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int 
     const int nt = nthreads();
     const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 16);
     int err = 0;
-    const fused_fn fz = B <= 8 && g_fused ? pick_fused(qt) : NULL;
+    const fused_fn fz = use_fused(qt, B) ? pick_fused(qt) : NULL;
     if (fz) {
 #pragma omp parallel for num_threads(nt) if (par) schedule(static)
         for (int n = 0; n < N; n++) {
@@ -1070,7 +1213,8 @@ ER_API int er_matmul(int qt, const void *W, int64_t row_bytes, int N, int K, con
     if (K % bs) return -3;
     if (is_float_type(qt)) return matmul_f(qt, (const uint8_t *)W, row_bytes, N, K, x, B, y);
     act_t A;
-    if (act_alloc(&A, B, K)) { act_free(&A); return -2; }
+    const int k = wants_kact(qt, B);
+    if (act_alloc(&A, B, K, !k, k)) { act_free(&A); return -2; }
     act_quantize(&A, x, B, K);
     int rc = matmul_q_act(qt, (const uint8_t *)W, row_bytes, N, K, &A, B, y);
     act_free(&A);
@@ -1197,7 +1341,8 @@ ER_API int er_ffn(const float *x, const float *norm_w, float eps, int qt_g, cons
     er_rms_norm(x, norm_w, nx, B, D, eps);
     if (!is_float_type(qt_g) && !is_float_type(qt_u) && D % block_size(qt_g) == 0 && D % block_size(qt_u) == 0) {
         act_t A;
-        if (act_alloc(&A, B, D)) { act_free(&A); rc = -2; goto done; }
+        const int kg = wants_kact(qt_g, B), ku = wants_kact(qt_u, B);
+        if (act_alloc(&A, B, D, !kg || !ku, kg || ku)) { act_free(&A); rc = -2; goto done; }
         act_quantize(&A, nx, B, D);
         rc = matmul_q_act(qt_g, Wg, rb_g, F, D, &A, B, g);
         if (!rc) rc = matmul_q_act(qt_u, Wu, rb_u, F, D, &A, B, u);

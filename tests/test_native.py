@@ -59,10 +59,13 @@ def ref_weight(qt: int, w: np.ndarray, k: int) -> np.ndarray:
     return dequantize(w, GGMLQuantizationType(qt)).reshape(w.shape[0], k).astype(np.float32)
 
 
-def quant_act(x: np.ndarray) -> np.ndarray:
-    """The kernels' activation quantization (int8 per 32, round half away from zero), dequantized."""
+def quant_act(x: np.ndarray, group: int = 32) -> np.ndarray:
+    """The kernels' activation quantization (int8 per group, round half away from zero), dequantized.
+
+    Legacy types and the unfused path use groups of 32; the fused AVX-512 K-quant kernels use 256 (Q8_K).
+    """
     b, k = x.shape
-    xb = x.reshape(b, k // 32, 32).astype(np.float32)
+    xb = x.reshape(b, k // group, group).astype(np.float32)
     amax = np.abs(xb).max(axis=-1, keepdims=True)
     d = amax / np.float32(127)
     with np.errstate(divide="ignore"):
@@ -109,7 +112,8 @@ def test_matmul(qt: int, isa: str, threads: int) -> None:
                 # vs the f32 reference: 8-bit activations cost < ~1% of the output scale
                 assert np.sqrt(np.mean((y - exact) ** 2)) / scale < 2e-2, (qt, isa, n, k, b)
                 # vs a reference with the same activation quantization: only rounding differences
-                ref = exact if qt in FLOAT else quant_act(x).astype(np.float64) @ wf.T
+                group = 256 if qt in (12, 13, 14) and isa == "avx512-vnni" else 32
+                ref = exact if qt in FLOAT else quant_act(x, group).astype(np.float64) @ wf.T
                 assert np.abs(y - ref).max() / scale < 2e-5, (qt, isa, n, k, b)
 
 
@@ -125,7 +129,8 @@ def test_matvec_1d_and_large_batch() -> None:
         assert np.abs(y - ref).max() < 1e-3 * np.abs(ref).max()
         y1 = nv.matmul(qt, w, x[3])
         assert y1.shape == (n,)
-        np.testing.assert_allclose(y1, y[3], rtol=1e-5, atol=1e-5)
+        tol = 2e-2 if qt in (12, 14) else 1e-5  # K-quants: small batches use per-256 activation scales
+        assert np.abs(y1 - y[3]).max() <= tol * np.abs(y[3]).max()
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -194,7 +199,11 @@ def test_ffn(b: int) -> None:
         hh = nv.silu_gate(gg, uu) if act == "silu" else nv.gelu_gate(gg, uu)
         ref = x + hh @ ref_weight(14, down.data, f).T
         err = np.sqrt(np.mean((got - ref) ** 2)) / np.sqrt(np.mean((ref - x) ** 2))
-        assert err < 2e-2
+        assert err < 5e-2  # two layers of 8-bit activations
+        # the same chain of native ops gives the same numbers
+        gate_fn = nv.silu_gate if act == "silu" else nv.gelu_gate
+        chain = x + nv.matmul(14, down.data, gate_fn(nv.matmul(12, gate.data, n), nv.matmul(2, up.data, n)))
+        np.testing.assert_allclose(got, chain, rtol=1e-4, atol=1e-4 * np.abs(chain).max())
 
 
 def test_bad_input() -> None:
