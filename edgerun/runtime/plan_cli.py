@@ -1,0 +1,93 @@
+"""`edgerun plan`: print the placement plan of a model (per-layer table, bytes per device)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _vram_gb(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got '{s}'") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got '{s}'")
+    return v
+
+
+def _pos_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'")
+    return v
+
+
+def register(sub: Any) -> None:
+    """Add the ``plan`` subcommand to the CLI's subparsers."""
+    p = sub.add_parser("plan", help="show where each tensor would run (CPU / GPU)")
+    p.add_argument("-m", "--model", required=True, help="catalog name or path to a .gguf file")
+    p.add_argument("--vram-gb", type=_vram_gb, default=None,
+                   help="pretend this much free VRAM in GiB (default: probe the GPU)")
+    p.add_argument("--vram-budget-gb", type=_vram_gb, default=None, help="cap the VRAM used, in GiB")
+    p.add_argument("--ctx", "-c", type=_pos_int, default=4096, help="context size in tokens")
+    p.add_argument("--batch", type=_pos_int, default=1, help="sequences served at once")
+    p.add_argument("--placement", choices=["auto", "cpu", "gpu", "hybrid"], default="auto")
+    p.add_argument("--override", "-ot", action="append", default=[], metavar="REGEX=DEV",
+                   help="force tensors matching REGEX onto cpu or gpu (repeatable, last match wins)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Run ``edgerun plan``."""
+    from edgerun.cli import CLIError, _resolve
+    from edgerun.models.base import ModelLoadError
+    from edgerun.quant.gguf_file import GGUFError, GGUFFile
+    from edgerun.runtime.planner import PlanError, plan_for_file
+
+    path = _resolve(args.model)
+    gib = 1 << 30
+    try:
+        gf = GGUFFile(path)
+    except GGUFError as e:
+        raise CLIError(f"cannot load {path}: {e}") from None
+    try:
+        plan = plan_for_file(
+            gf, ctx=args.ctx, batch=args.batch, mode=args.placement,
+            vram_bytes=None if args.vram_gb is None else int(args.vram_gb * gib),
+            vram_budget=None if args.vram_budget_gb is None else int(args.vram_budget_gb * gib),
+            overrides=args.override)
+    except (PlanError, ModelLoadError, GGUFError, KeyError, ValueError) as e:
+        raise CLIError(str(e).strip("'\"")) from None
+    finally:
+        gf.close()
+    if args.json:
+        print(json.dumps(plan.to_dict()))
+        return 0
+    print(f"model {path.name}: {plan.n_layers} layers, ctx {plan.ctx} x batch {plan.batch}, "
+          f"placement {plan.mode}")
+    print(f"VRAM free {_gib(plan.vram_free)}, usable {_gib(plan.vram_usable)} "
+          f"(reserve {_gib(plan.reserve)})")
+    print(f"{'layer':>5}  {'attn':<6} {'ffn':<6} {'kv':<4}")
+    for i, d in plan.layers.items():
+        print(f"{i:>5}  {d['attn']:<6} {d['ffn']:<6} {plan.kv_devices[i]:<4}")
+    emb = plan.tensors.get("token_embd.weight")
+    if emb is not None:
+        print(f"token_embd: {emb.device}   output head ({plan.head_tensor}): {plan.head_device}")
+    kv = plan.kv_cache
+    print(f"KV cache: {_gib(kv['bytes'])} on {kv['device']} (gpu {_gib(kv['gpu_bytes'])}, "
+          f"cpu {_gib(kv['cpu_bytes'])})")
+    t = plan.totals
+    print(f"total: gpu {_gib(t['gpu'])}, cpu {_gib(t['cpu'])}")
+    for n in plan.notes:
+        print(f"note: {n}")
+    return 0

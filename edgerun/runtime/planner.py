@@ -1,0 +1,361 @@
+"""Placement planner (DESIGN §6): which tensors and which part of the KV cache go on the GPU.
+
+The plan is computed from the GGUF tensor table (names and byte sizes), the model's KV geometry,
+the context and batch the runner will serve, and the free VRAM (probed, or pretended with
+``vram_bytes``). Greedy, in the order that pays most for a hybrid step:
+
+1. per layer, in layer order: the attention tensors (Q/K/V/O weights, their biases and norms) and
+   that layer's slice of the KV cache, until the usable VRAM (free VRAM minus a reserve for
+   activations and scratch) runs out;
+2. (``auto``) with every layer's attention on the GPU: the output head, then whole FFN blocks
+   (all of a layer's ``ffn_*`` tensors) layer by layer while they fit;
+   (``gpu``) whole layers, attention + KV + FFN together, like llama.cpp's ``-ngl``, then the head;
+   (``hybrid``) nothing more: the FFN stays on the CPU;
+   (``cpu``) nothing on the GPU at all.
+
+Token embeddings always stay on the CPU (a row lookup). Regex overrides ``REGEX=cpu|gpu``
+(repeatable, last match wins, like llama.cpp's ``-ot``) are applied after the planner and beat it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+CPU, GPU = "cpu", "gpu"
+MODES = ("auto", "cpu", "gpu", "hybrid")
+KV_BYTES_PER_ELEM = 4  # the runner's KV cache is float32
+MIB = 1 << 20
+RESERVE_FRACTION = 0.05
+RESERVE_FIXED = 256 * MIB
+
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+class PlanError(ValueError):
+    """Bad planner input (mode, override, sizes): a one-line message."""
+
+
+class _TensorLike(Protocol):
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one tensor of the file lives."""
+
+    name: str
+    device: str  # "cpu" | "gpu"
+    bytes: int
+    group: str  # "attn" | "ffn" | "embd" | "head" | "other"
+    layer: int | None = None
+
+
+@dataclass
+class Plan:
+    """A placement plan: per tensor name its device, the KV cache, totals and a per-layer summary."""
+
+    mode: str
+    n_layers: int
+    ctx: int
+    batch: int
+    vram_free: int  # bytes of free VRAM the plan started from (probed or pretended)
+    vram_usable: int  # after the budget cap and the reserve
+    reserve: int
+    tensors: dict[str, Placement]
+    kv_layer_bytes: int  # KV bytes of one layer (K and V)
+    kv_devices: list[str]  # per layer
+    head_tensor: str  # the tensor the output projection reads ("output.weight" or tied "token_embd.weight")
+    head_device: str
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    # --- derived views
+    def device_of(self, name: str) -> str:
+        """Device of tensor ``name`` (KeyError if the file has no such tensor)."""
+        return self.tensors[name].device
+
+    @property
+    def kv_cache(self) -> dict[str, Any]:
+        """``{"device", "bytes", "gpu_bytes", "cpu_bytes"}``; device is "split" when layers differ."""
+        gpu = sum(self.kv_layer_bytes for d in self.kv_devices if d == GPU)
+        cpu = self.kv_layer_bytes * len(self.kv_devices) - gpu
+        dev = GPU if cpu == 0 and gpu > 0 else CPU if gpu == 0 else "split"
+        return {"device": dev, "bytes": gpu + cpu, "gpu_bytes": gpu, "cpu_bytes": cpu}
+
+    @property
+    def head_copy_bytes(self) -> int:
+        """VRAM of a GPU copy of a tied output head (the embedding table itself stays on the CPU)."""
+        t = self.tensors.get(self.head_tensor)
+        if t is None or self.head_device != GPU or t.device == GPU:
+            return 0
+        return t.bytes
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Bytes per device: weights plus KV cache (plus a tied head's GPU copy)."""
+        out = {CPU: 0, GPU: 0}
+        for t in self.tensors.values():
+            out[t.device] += t.bytes
+        kv = self.kv_cache
+        out[CPU] += kv["cpu_bytes"]
+        out[GPU] += kv["gpu_bytes"] + self.head_copy_bytes
+        return out
+
+    def layer_devices(self, i: int) -> dict[str, str]:
+        """``{"attn": dev, "ffn": dev}`` of layer ``i``; "mixed" when its tensors are split."""
+        out = {}
+        for group in ("attn", "ffn"):
+            devs = {t.device for t in self.tensors.values() if t.layer == i and t.group == group}
+            out[group] = devs.pop() if len(devs) == 1 else ("mixed" if devs else CPU)
+        return out
+
+    @property
+    def layers(self) -> dict[int, dict[str, str]]:
+        """Per-layer summary ``{layer: {"attn": dev, "ffn": dev}}``."""
+        return {i: self.layer_devices(i) for i in range(self.n_layers)}
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether anything at all is placed on the GPU."""
+        return self.totals[GPU] > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: every tensor of the file, the KV cache, totals, layers and budget."""
+        return {
+            "mode": self.mode,
+            "ctx": self.ctx,
+            "batch": self.batch,
+            "tensors": [{"name": t.name, "device": t.device, "bytes": t.bytes}
+                        for t in self.tensors.values()],
+            "kv_cache": self.kv_cache,
+            "head": {"tensor": self.head_tensor, "device": self.head_device},
+            "totals": self.totals,
+            "layers": {str(i): d for i, d in self.layers.items()},
+            "vram": {"free": self.vram_free, "usable": self.vram_usable, "reserve": self.reserve},
+            "overrides": [f"{p}={d}" for p, d in self.overrides],
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        """:meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def kv_bytes(ctx: int, batch: int, n_layers: int, n_kv_heads: int, head_dim: int,
+             bytes_per_elem: int = KV_BYTES_PER_ELEM) -> int:
+    """KV cache bytes: ctx × batch × layers × 2 (K and V) × kv_heads × head_dim × element size."""
+    return ctx * batch * n_layers * 2 * n_kv_heads * head_dim * bytes_per_elem
+
+
+def reserve_bytes(vram: int) -> int:
+    """VRAM kept back for activations, scratch and the CUDA context: 5% + 256 MiB (capped at all)."""
+    return min(vram, int(vram * RESERVE_FRACTION) + RESERVE_FIXED)
+
+
+def classify(name: str) -> tuple[str, int | None]:
+    """(group, layer) of a GGUF tensor name; group is attn, ffn, embd, head or other."""
+    m = _LAYER_RE.match(name)
+    if m:
+        layer, rest = int(m.group(1)), m.group(2)
+        if rest.startswith(("ffn_", "post_ffw_norm")):
+            return "ffn", layer
+        # attn_q/k/v/output (+ biases), attn_norm, attn_q_norm/attn_k_norm, post_attention_norm and
+        # any other small per-layer tensor travel with the attention
+        return "attn", layer
+    if name.startswith("token_embd"):
+        return "embd", None
+    if name.startswith(("output.", "output_norm")):
+        return "head", None
+    return "other", None
+
+
+def parse_override(spec: str) -> tuple[str, str]:
+    """``"REGEX=cpu|gpu"`` -> (pattern, device); raises PlanError on a bad spec."""
+    if "=" not in spec:
+        raise PlanError(f"override '{spec}' is not REGEX=cpu|gpu")
+    pat, dev = spec.rsplit("=", 1)
+    dev = dev.strip().lower()
+    if dev.startswith("cuda"):
+        dev = GPU
+    if dev not in (CPU, GPU) or not pat:
+        raise PlanError(f"override '{spec}' is not REGEX=cpu|gpu")
+    try:
+        re.compile(pat)
+    except re.error as e:
+        raise PlanError(f"override '{spec}': bad regex: {e}") from None
+    return pat, dev
+
+
+def _norm_overrides(overrides: Iterable[str | tuple[str, str]]) -> list[tuple[str, str]]:
+    out = []
+    for o in overrides:
+        if isinstance(o, str):
+            out.append(parse_override(o))
+        else:
+            pat, dev = o
+            out.append(parse_override(f"{pat}={dev}"))
+    return out
+
+
+def model_dims(gf: Any) -> tuple[int, int, int]:
+    """(n_layers, n_kv_heads, head_dim) of a GGUF file, read as the model classes read them."""
+    from edgerun.models.registry import model_class
+
+    emb = gf.tensors.get("token_embd.weight")
+    vocab = int(emb.shape[1]) if emb is not None and len(emb.shape) > 1 else 1
+    args = model_class(gf.architecture).build_args(gf.metadata, vocab)
+    return args.n_layers, args.n_kv_heads, args.head_dim
+
+
+# ----------------------------------------------------------------------------- the planner
+
+
+def plan_placement(
+    tensors: Mapping[str, _TensorLike] | Any,
+    n_layers: int,
+    n_kv_heads: int,
+    head_dim: int,
+    ctx: int = 4096,
+    batch: int = 1,
+    mode: str = "auto",
+    vram_bytes: int | None = None,
+    vram_budget: int | None = None,
+    overrides: Sequence[str | tuple[str, str]] = (),
+    kv_bytes_per_elem: int = KV_BYTES_PER_ELEM,
+) -> Plan:
+    """Plan where each tensor and each layer's KV cache goes.
+
+    ``tensors`` is a GGUFFile (its ``.tensors`` is used) or a mapping name -> object with ``nbytes``.
+    ``vram_bytes`` pretends that much free VRAM (None: probe the first GPU); ``vram_budget`` caps it.
+    """
+    if mode not in MODES:
+        raise PlanError(f"unknown placement '{mode}' (choose from {', '.join(MODES)})")
+    if ctx <= 0 or batch <= 0:
+        raise PlanError("context and batch must be positive")
+    if n_layers <= 0 or n_kv_heads <= 0 or head_dim <= 0:
+        raise PlanError("model sizes must be positive")
+    if vram_bytes is not None and vram_bytes < 0 or vram_budget is not None and vram_budget < 0:
+        raise PlanError("VRAM sizes must be >= 0")
+    ovr = _norm_overrides(overrides)
+    table = tensors.tensors if hasattr(tensors, "tensors") else tensors
+    notes: list[str] = []
+
+    if vram_bytes is None:
+        from edgerun.runtime.devices import probe_gpus
+
+        gpus = probe_gpus()
+        free = gpus[0].vram_free if gpus else 0
+    else:
+        free = int(vram_bytes)
+    cap = free if vram_budget is None else min(free, int(vram_budget))
+    reserve = reserve_bytes(cap)
+    usable = cap - reserve if mode != CPU else 0
+    if mode == GPU and free == 0:
+        notes.append("placement gpu: no GPU memory, everything stays on the CPU")
+
+    place: dict[str, Placement] = {}
+    attn_of: dict[int, list[str]] = {i: [] for i in range(n_layers)}
+    ffn_of: dict[int, list[str]] = {i: [] for i in range(n_layers)}
+    for name, info in table.items():
+        group, layer = classify(name)
+        if layer is not None and not 0 <= layer < n_layers:
+            group, layer = "other", None
+        place[name] = Placement(name, CPU, int(info.nbytes), group, layer)
+        if group == "attn":
+            attn_of[layer].append(name)  # type: ignore[index]
+        elif group == "ffn":
+            ffn_of[layer].append(name)  # type: ignore[index]
+    head = "output.weight" if "output.weight" in place else "token_embd.weight"
+    head_names = [n for n in ("output.weight", "output_norm.weight") if n in place]
+    head_bytes = sum(place[n].bytes for n in head_names)
+    if head == "token_embd.weight" and head in place:
+        head_bytes += place[head].bytes  # a GPU copy of the tied embedding table
+    kv_layer = kv_bytes(ctx, batch, 1, n_kv_heads, head_dim, kv_bytes_per_elem)
+    kv_dev = [CPU] * n_layers
+    head_dev = CPU
+    left = usable
+
+    def to_gpu(names: list[str]) -> None:
+        for n in names:
+            p = place[n]
+            place[n] = Placement(p.name, GPU, p.bytes, p.group, p.layer)
+
+    def size(names: list[str]) -> int:
+        return sum(place[n].bytes for n in names)
+
+    def try_head() -> None:
+        nonlocal left, head_dev
+        if head in place and head_bytes <= left:
+            to_gpu(head_names)
+            head_dev = GPU
+            left -= head_bytes
+
+    if mode in ("auto", "hybrid"):
+        n_attn = 0
+        for i in range(n_layers):
+            need = size(attn_of[i]) + kv_layer
+            if need > left:
+                break
+            to_gpu(attn_of[i])
+            kv_dev[i] = GPU
+            left -= need
+            n_attn += 1
+        if mode == "auto" and n_attn == n_layers:
+            try_head()
+            for i in range(n_layers):
+                need = size(ffn_of[i])
+                if need > left:
+                    break
+                to_gpu(ffn_of[i])
+                left -= need
+        if 0 < n_attn < n_layers:
+            notes.append(f"attention of {n_attn} of {n_layers} layers fits in VRAM")
+    elif mode == GPU:
+        for i in range(n_layers):
+            need = size(attn_of[i]) + size(ffn_of[i]) + kv_layer
+            if need > left:
+                break
+            to_gpu(attn_of[i] + ffn_of[i])
+            kv_dev[i] = GPU
+            left -= need
+        else:
+            try_head()
+
+    # overrides beat the planner: last match wins
+    if ovr:
+        for name, p in list(place.items()):
+            dev = None
+            for pat, d in ovr:
+                if re.search(pat, name):
+                    dev = d
+            if dev is not None and dev != p.device:
+                place[name] = Placement(p.name, dev, p.bytes, p.group, p.layer)
+        # the KV cache sits with the attention that reads it; the head follows its weight
+        for i in range(n_layers):
+            names = attn_of[i]
+            kv_dev[i] = GPU if names and all(place[n].device == GPU for n in names) else CPU
+        if head in place:
+            if head == "output.weight":
+                head_dev = place[head].device
+            elif any(re.search(p, head) for p, _ in ovr):
+                head_dev = place[head].device
+    plan = Plan(mode=mode, n_layers=n_layers, ctx=ctx, batch=batch, vram_free=free,
+                vram_usable=max(usable, 0), reserve=reserve, tensors=place, kv_layer_bytes=kv_layer,
+                kv_devices=kv_dev, head_tensor=head, head_device=head_dev, overrides=ovr, notes=notes)
+    if ovr and plan.totals[GPU] > cap:
+        notes.append(f"overrides put {plan.totals[GPU] / MIB:.0f} MiB on the GPU, over the "
+                     f"{cap / MIB:.0f} MiB available")
+    return plan
+
+
+def plan_for_file(gf: Any, ctx: int = 4096, batch: int = 1, **kw: Any) -> Plan:
+    """:func:`plan_placement` for a GGUFFile, reading the KV geometry from its metadata."""
+    n_layers, n_kv_heads, head_dim = model_dims(gf)
+    return plan_placement(gf, n_layers, n_kv_heads, head_dim, ctx=ctx, batch=batch, **kw)

@@ -1,0 +1,254 @@
+"""Placement planner and `edgerun plan`: budgets, modes, overrides, KV bytes, JSON output."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from edgerun.cli import main
+from edgerun.quant.gguf_file import GGUFFile
+from edgerun.runtime.planner import (
+    CPU,
+    GPU,
+    MIB,
+    PlanError,
+    kv_bytes,
+    parse_override,
+    plan_for_file,
+    plan_placement,
+    reserve_bytes,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_module():
+    """scripts/bench_gpu.py as a module (its synthetic GGUF writer)."""
+    if "bench_gpu" in sys.modules:
+        return sys.modules["bench_gpu"]
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer llama with tiny dims, written with gguf.GGUFWriter."""
+    bench = _bench_module()
+    return bench.write_synthetic_gguf(tmp_path_factory.mktemp("plan") / "tiny.gguf", bench.SHAPES["tiny"])
+
+
+# A synthetic tensor table with round sizes: 4 layers, attention 10 MiB, FFN 30 MiB per layer.
+L, KVH, HD = 4, 2, 64
+ATTN = {"attn_norm.weight": 1, "attn_q.weight": 4 * MIB, "attn_k.weight": 2 * MIB,
+        "attn_v.weight": 2 * MIB, "attn_output.weight": 2 * MIB - 1}
+FFN = {"ffn_norm.weight": 1, "ffn_gate.weight": 10 * MIB, "ffn_up.weight": 10 * MIB,
+       "ffn_down.weight": 10 * MIB - 1}
+
+
+def table(tied: bool = False) -> dict[str, SimpleNamespace]:
+    t = {"token_embd.weight": SimpleNamespace(nbytes=50 * MIB)}
+    for i in range(L):
+        for k, v in (ATTN | FFN).items():
+            t[f"blk.{i}.{k}"] = SimpleNamespace(nbytes=v)
+    t["output_norm.weight"] = SimpleNamespace(nbytes=1)
+    if not tied:
+        t["output.weight"] = SimpleNamespace(nbytes=40 * MIB)
+    return t
+
+
+CTX = 1024
+KV_LAYER = kv_bytes(CTX, 1, 1, KVH, HD)  # 1 MiB
+ATTN_LAYER = 10 * MIB
+
+
+def vram_for(usable: int) -> int:
+    """Free VRAM whose usable part (after the reserve) is at least ``usable``."""
+    v = math.ceil((usable + 256 * MIB) / 0.95) + 1
+    assert v - reserve_bytes(v) >= usable
+    return v
+
+
+def plan(vram: int, **kw):
+    return plan_placement(table(kw.pop("tied", False)), L, KVH, HD, ctx=CTX, vram_bytes=vram, **kw)
+
+
+def test_kv_bytes_formula() -> None:
+    assert kv_bytes(100, 3, 2, 2, 16) == 100 * 3 * 2 * 2 * 2 * 16 * 4
+    assert kv_bytes(100, 3, 2, 2, 16, bytes_per_elem=2) == 100 * 3 * 2 * 2 * 2 * 16 * 2
+    p = plan_placement(table(), L, KVH, HD, ctx=300, batch=2, vram_bytes=0)
+    assert p.kv_cache["bytes"] == kv_bytes(300, 2, L, KVH, HD)
+
+
+def test_budget_zero_is_all_cpu() -> None:
+    p = plan(0)
+    assert not p.uses_gpu
+    assert all(t.device == CPU for t in p.tensors.values())
+    assert p.kv_cache == {"device": CPU, "bytes": L * KV_LAYER, "gpu_bytes": 0, "cpu_bytes": L * KV_LAYER}
+    assert p.totals == {CPU: sum(t.nbytes for t in table().values()) + L * KV_LAYER, GPU: 0}
+
+
+def test_tight_budget_places_some_attention() -> None:
+    p = plan(vram_for(2 * (ATTN_LAYER + KV_LAYER) + MIB))
+    assert [p.layers[i]["attn"] for i in range(L)] == [GPU, GPU, CPU, CPU]
+    assert all(p.layers[i]["ffn"] == CPU for i in range(L))
+    assert p.kv_devices == [GPU, GPU, CPU, CPU]
+    kv = p.kv_cache
+    assert kv["device"] == "split" and kv["gpu_bytes"] == 2 * KV_LAYER
+    assert p.device_of("output.weight") == CPU and p.head_device == CPU
+    assert p.totals[GPU] == 2 * (ATTN_LAYER + KV_LAYER)
+    assert any("2 of 4" in n for n in p.notes)
+
+
+def test_ample_budget_moves_everything_but_embeddings() -> None:
+    p = plan(vram_for(10 << 30))
+    assert all(d == {"attn": GPU, "ffn": GPU} for d in p.layers.values())
+    assert p.kv_cache["device"] == GPU
+    assert p.device_of("output.weight") == GPU and p.head_device == GPU
+    assert p.device_of("output_norm.weight") == GPU
+    assert p.device_of("token_embd.weight") == CPU
+    assert p.totals[CPU] == 50 * MIB
+
+
+def test_leftover_goes_to_head_then_whole_ffn_blocks() -> None:
+    attn_all = L * (ATTN_LAYER + KV_LAYER)
+    p = plan(vram_for(attn_all + 40 * MIB + 1 + 30 * MIB + MIB))
+    assert p.head_device == GPU
+    assert [p.layers[i]["ffn"] for i in range(L)] == [GPU, CPU, CPU, CPU]  # never half a block
+
+
+def test_tied_head_gets_a_gpu_copy() -> None:
+    p = plan(vram_for(10 << 30), tied=True)
+    assert p.head_tensor == "token_embd.weight" and p.head_device == GPU
+    assert p.device_of("token_embd.weight") == CPU
+    assert p.head_copy_bytes == 50 * MIB
+
+
+def test_modes() -> None:
+    big = vram_for(10 << 30)
+    assert not plan(big, mode="cpu").uses_gpu
+    h = plan(big, mode="hybrid")
+    assert all(d == {"attn": GPU, "ffn": CPU} for d in h.layers.values())
+    assert h.head_device == CPU and h.kv_cache["device"] == GPU
+    g = plan(big, mode="gpu")
+    assert all(d == {"attn": GPU, "ffn": GPU} for d in g.layers.values()) and g.head_device == GPU
+    # gpu mode fills whole layers (like -ngl), auto fills attention first
+    one_layer = vram_for(ATTN_LAYER + 30 * MIB + KV_LAYER + MIB)
+    g = plan(one_layer, mode="gpu")
+    assert g.layers[0] == {"attn": GPU, "ffn": GPU} and g.layers[1] == {"attn": CPU, "ffn": CPU}
+    a = plan(one_layer, mode="auto")
+    assert [a.layers[i]["attn"] for i in range(L)] == [GPU, GPU, GPU, CPU]
+    assert plan(0, mode="gpu").notes
+    with pytest.raises(PlanError):
+        plan(big, mode="tpu")
+
+
+def test_vram_budget_caps_free_vram() -> None:
+    p = plan(vram_for(10 << 30), vram_budget=vram_for(2 * (ATTN_LAYER + KV_LAYER) + MIB))
+    assert [p.layers[i]["attn"] for i in range(L)] == [GPU, GPU, CPU, CPU]
+
+
+def test_overrides() -> None:
+    big = vram_for(10 << 30)
+    p = plan(big, overrides=[r"ffn_.*=cpu"])
+    assert all(d == {"attn": GPU, "ffn": CPU} for d in p.layers.values())
+    p = plan(big, overrides=[r"blk\.1\.attn_q\.=cpu"])
+    assert p.layers[1]["attn"] == "mixed" and p.kv_devices[1] == CPU  # a split layer runs on the CPU
+    p = plan(big, overrides=[r"blk\.1\.attn_.*=cpu"])
+    assert p.layers[1]["attn"] == CPU and p.kv_devices[1] == CPU and p.kv_devices[0] == GPU
+    # to the GPU beats a zero budget, and the last match wins
+    p = plan(0, overrides=[r"ffn_=gpu", r"ffn_down=cpu"])
+    assert p.device_of("blk.0.ffn_up.weight") == GPU
+    assert p.device_of("blk.0.ffn_down.weight") == CPU
+    assert p.layers[0]["ffn"] == "mixed" and p.uses_gpu
+    assert any("over the" in n for n in p.notes)
+    p = plan(0, overrides=[("output\\.weight", "gpu")])
+    assert p.head_device == GPU
+    for bad in ["nodevice", "x=tpu", "(=gpu", "=gpu"]:
+        with pytest.raises(PlanError):
+            parse_override(bad)
+    assert parse_override("a=b=CUDA0") == ("a=b", GPU)
+
+
+def test_plan_for_file_tiny(tiny_gguf: Path) -> None:
+    with GGUFFile(tiny_gguf) as gf:
+        p = plan_for_file(gf, ctx=256, batch=2, vram_bytes=1 << 30)
+        assert set(p.tensors) == set(gf.tensors)
+        assert p.kv_cache["bytes"] == kv_bytes(256, 2, 2, 2, 16)
+        assert all(d == {"attn": GPU, "ffn": GPU} for d in p.layers.values())
+
+
+def _run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_json_lists_every_tensor(tiny_gguf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _run_cli(capsys, "plan", "-m", str(tiny_gguf), "--vram-gb", "1", "--ctx", "128", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    with GGUFFile(tiny_gguf) as gf:
+        assert [t["name"] for t in d["tensors"]] == list(gf.tensors)
+        assert all(t["bytes"] == gf.tensors[t["name"]].nbytes for t in d["tensors"])
+        weights = sum(t.nbytes for t in gf.tensors.values())
+    assert d["kv_cache"]["device"] == GPU and d["kv_cache"]["bytes"] == kv_bytes(128, 1, 2, 2, 16)
+    assert sum(d["totals"].values()) == weights + d["kv_cache"]["bytes"] + (
+        0 if d["head"]["tensor"] == "output.weight" else
+        next(t["bytes"] for t in d["tensors"] if t["name"] == d["head"]["tensor"]))
+    rc, out, _ = _run_cli(capsys, "plan", "-m", str(tiny_gguf), "--vram-gb", "0", "--json")
+    assert rc == 0 and json.loads(out)["totals"]["gpu"] == 0
+    rc, out, _ = _run_cli(capsys, "plan", "-m", str(tiny_gguf), "--vram-gb", "1",
+                          "--override", "ffn_.*=cpu", "--placement", "gpu", "--json")
+    d = json.loads(out)
+    assert all(t["device"] == CPU for t in d["tensors"] if "ffn_" in t["name"])
+    assert d["layers"]["0"] == {"attn": GPU, "ffn": CPU}
+
+
+def test_cli_table(tiny_gguf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _run_cli(capsys, "plan", "-m", str(tiny_gguf), "--vram-gb", "1", "--placement", "hybrid")
+    assert rc == 0
+    assert "layer" in out and "KV cache" in out and "total: gpu" in out
+    assert out.count(" gpu    cpu ") == 2  # two layers: attention on the GPU, FFN on the CPU
+
+
+@pytest.mark.parametrize("argv", [
+    ["--ctx", "0"], ["--vram-gb", "-1"], ["--vram-gb", "lots"], ["--placement", "tpu"],
+    ["--override", "x=tpu"], ["--override", "(=gpu"], ["--batch", "0"],
+])
+def test_cli_bad_values(tiny_gguf: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    try:
+        rc = main(["plan", "-m", str(tiny_gguf), *argv])
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("edgerun: error:") and err.count("\n") == 1
+
+
+def test_cli_missing_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rc, _, err = _run_cli(capsys, "plan", "-m", str(tmp_path / "nope.gguf"))
+    assert rc == 2 and "not found" in err
+
+
+@pytest.mark.real
+def test_cli_json_real_qwen(qwen05_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _run_cli(capsys, "plan", "-m", str(qwen05_path), "--vram-gb", "0.3", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    with GGUFFile(qwen05_path) as gf:
+        assert {t["name"] for t in d["tensors"]} == set(gf.tensors)
+        assert len(d["tensors"]) == len(gf.tensors)
+    assert d["kv_cache"]["bytes"] == kv_bytes(4096, 1, 24, 2, 64)
+    layers = d["layers"]
+    assert layers["0"]["attn"] == GPU and layers["23"]["attn"] == CPU  # a tight budget
+    assert all(v["ffn"] == CPU for v in layers.values())
