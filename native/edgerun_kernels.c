@@ -478,6 +478,28 @@ T_AVX2 static int decode_avx2(int qt, const uint8_t *row, int K, int8_t *w, floa
         }
         return 0;
     }
+    case ER_Q4_1: {
+        const block_q4_1 *bk = (const block_q4_1 *)row;
+        for (int i = 0; i < K / 32; i++) {
+            _mm256_storeu_si256((__m256i *)(w + 32 * i), unpack_nibbles16(bk[i].qs));
+            _mm256_storeu_ps(wl + 8 * i, _mm256_set1_ps(_cvtsh_ss(rd16(&bk[i].d))));
+            mw[2 * i] = mw[2 * i + 1] = _cvtsh_ss(rd16(&bk[i].m));
+        }
+        return 1;
+    }
+    case ER_Q5_1: {
+        const block_q5_1 *bk = (const block_q5_1 *)row;
+        const __m256i h16 = _mm256_set1_epi8(16);
+        for (int i = 0; i < K / 32; i++) {
+            uint32_t qh;
+            memcpy(&qh, bk[i].qh, 4);
+            __m256i v = _mm256_or_si256(unpack_nibbles16(bk[i].qs), _mm256_and_si256(bits_to_bytes(qh), h16));
+            _mm256_storeu_si256((__m256i *)(w + 32 * i), v);
+            _mm256_storeu_ps(wl + 8 * i, _mm256_set1_ps(_cvtsh_ss(rd16(&bk[i].d))));
+            mw[2 * i] = mw[2 * i + 1] = _cvtsh_ss(rd16(&bk[i].m));
+        }
+        return 1;
+    }
     case ER_Q8_0: {
         const block_q8_0 *bk = (const block_q8_0 *)row;
         for (int i = 0; i < K / 32; i++) {
