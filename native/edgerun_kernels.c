@@ -1060,6 +1060,153 @@ static void pick_q(decode_fn *dec, core_fn *core) {
 
 #define BTILE 32
 
+
+/* ---- batched (prefill) GEMM for B > 8 on AVX-512 VNNI: lanes = 16 activation rows.
+ * Activations are repacked per group of 16 rows as [K/4][16 rows][4 bytes]; a broadcast of 4
+ * decoded weight bytes times one 64-byte load gives 16 rows x 4 MACs per dpbusd, and the
+ * float conversion happens once per G (16 or 32) values instead of once per 4. */
+
+typedef struct {
+    int K, G, ngroups;
+    int8_t *P;    /* ngroups * K * 16 */
+    int32_t *NS;  /* ngroups * (K/G) * 16 : -128 * sum of the G quants */
+    float *DA;    /* ngroups * (K/G) * 16 : activation scale */
+    float *XS;    /* ngroups * (K/16) * 16 : scale * sum of 16 quants */
+} pack_t;
+
+static void pack_free(pack_t *pk) { free(pk->P); free(pk->NS); free(pk->DA); free(pk->XS); }
+
+static int pack_acts(pack_t *pk, const act_t *A, int B, int K, int G) {
+    memset(pk, 0, sizeof(*pk));
+    pk->K = K; pk->G = G; pk->ngroups = (B + 15) / 16;
+    const size_t ng = (size_t)pk->ngroups;
+    pk->P = amalloc(ng * K * 16);
+    pk->NS = amalloc(ng * (K / G) * 16 * 4);
+    pk->DA = amalloc(ng * (K / G) * 16 * 4);
+    pk->XS = amalloc(ng * (K / 16) * 16 * 4);
+    if (!pk->P || !pk->NS || !pk->DA || !pk->XS) return -1;
+    memset(pk->P, 0, ng * K * 16);
+    memset(pk->NS, 0, ng * (K / G) * 16 * 4);
+    memset(pk->DA, 0, ng * (K / G) * 16 * 4);
+    memset(pk->XS, 0, ng * (K / 16) * 16 * 4);
+    const int nt = nthreads();
+#pragma omp parallel for num_threads(nt) if (nt > 1 && B >= 32) schedule(static)
+    for (int r = 0; r < B; r++) {
+        const size_t g = (size_t)(r / 16), l = (size_t)(r % 16);
+        const int8_t *q = A->q + (size_t)r * K;
+        const int32_t *xn = A->n + (size_t)r * K / 4;
+        int8_t *P = pk->P + g * K * 16;
+        for (int j = 0; j < K / 4; j++) memcpy(P + ((size_t)j * 16 + l) * 4, q + 4 * j, 4);
+        for (int blk = 0; blk < K / G; blk++) {
+            int32_t t = 0;
+            for (int j = 0; j < G / 4; j++) t += xn[blk * G / 4 + j];
+            pk->NS[(g * (K / G) + blk) * 16 + l] = t;
+            pk->DA[(g * (K / G) + blk) * 16 + l] = A->l[(size_t)r * K / 4 + blk * G / 4];
+        }
+        for (int g16 = 0; g16 < K / 16; g16++) pk->XS[(g * (K / 16) + g16) * 16 + l] = A->s[(size_t)r * K / 16 + g16];
+    }
+    return 0;
+}
+
+#ifdef ER_X86
+T_V512 AI void gemm_v512_g(const int8_t *w, const float *wl, const float *mw, int K, const int G, const pack_t *pk,
+                           int g0, const int NG, float *out) {
+    __m512 facc[2];
+    __m512i iacc[2];
+    const int nbk = K / G;
+    const int8_t *P[2];
+    const int32_t *NS[2];
+    const float *DA[2];
+    for (int gg = 0; gg < NG; gg++) {
+        facc[gg] = _mm512_setzero_ps();
+        P[gg] = pk->P + (size_t)(g0 + gg) * K * 16;
+        NS[gg] = pk->NS + (size_t)(g0 + gg) * nbk * 16;
+        DA[gg] = pk->DA + (size_t)(g0 + gg) * nbk * 16;
+    }
+    for (int blk = 0; blk < nbk; blk++) {
+        for (int gg = 0; gg < NG; gg++) iacc[gg] = _mm512_loadu_si512(NS[gg] + 16 * blk);
+        for (int j = 0; j < G / 4; j++) {
+            uint32_t w4;
+            memcpy(&w4, w + blk * G + 4 * j, 4);
+            const __m512i bw = _mm512_set1_epi32((int)(w4 ^ 0x80808080u));
+            for (int gg = 0; gg < NG; gg++)
+                iacc[gg] = _mm512_dpbusd_epi32(iacc[gg], bw, _mm512_loadu_si512(P[gg] + ((size_t)blk * G / 4 + j) * 64));
+        }
+        const __m512 ws = _mm512_set1_ps(wl[blk * G / 4]);
+        for (int gg = 0; gg < NG; gg++)
+            facc[gg] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[gg]), _mm512_mul_ps(ws, _mm512_loadu_ps(DA[gg] + 16 * blk)),
+                                       facc[gg]);
+    }
+    if (mw) {
+        for (int g16 = 0; g16 < K / 16; g16++) {
+            const __m512 m = _mm512_set1_ps(mw[g16]);
+            for (int gg = 0; gg < NG; gg++)
+                facc[gg] = _mm512_fmadd_ps(m, _mm512_loadu_ps(pk->XS + ((size_t)(g0 + gg) * (K / 16) + g16) * 16), facc[gg]);
+        }
+    }
+    for (int gg = 0; gg < NG; gg++) _mm512_storeu_ps(out + 16 * gg, facc[gg]);
+}
+
+T_V512 static void gemm_v512(const int8_t *w, const float *wl, const float *mw, int K, int G, const pack_t *pk, int g0,
+                             int ng, float *out) {
+    if (G == 32) {
+        if (ng == 2) gemm_v512_g(w, wl, mw, K, 32, pk, g0, 2, out);
+        else gemm_v512_g(w, wl, mw, K, 32, pk, g0, 1, out);
+    } else {
+        if (ng == 2) gemm_v512_g(w, wl, mw, K, 16, pk, g0, 2, out);
+        else gemm_v512_g(w, wl, mw, K, 16, pk, g0, 1, out);
+    }
+}
+#endif
+
+/* returns 1 when handled */
+static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y,
+                       int *err) {
+#ifdef ER_X86
+    if (g_isa < ISA_AVX512VNNI || B <= 8 || !g_fused) return 0;
+    decode_fn dec;
+    core_fn core;
+    pick_q(&dec, &core);
+    const int G = qt == ER_Q6_K ? 16 : 32;
+    pack_t pk;
+    if (pack_acts(&pk, A, B, K, G)) { pack_free(&pk); *err = -2; return 1; }
+    const int nt = nthreads();
+    const int GT = 4; /* row groups per tile: 64 activation rows stay in L2 */
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int8_t *wq = amalloc((size_t)K);
+        float *wl = amalloc((size_t)K);
+        float *mw = amalloc((size_t)K / 4 + 64);
+        if (!wq || !wl || !mw) {
+            *err = -2;
+        } else {
+            for (int t0 = 0; t0 < pk.ngroups; t0 += GT) {
+                const int t1 = t0 + GT < pk.ngroups ? t0 + GT : pk.ngroups;
+#pragma omp for schedule(static)
+                for (int n = 0; n < N; n++) {
+                    const int has_m = dec(qt, W + (size_t)n * row_bytes, K, wq, wl, mw);
+                    float out[32];
+                    for (int g = t0; g < t1; g += 2) {
+                        const int ng = t1 - g >= 2 ? 2 : 1;
+                        gemm_v512(wq, wl, has_m ? mw : NULL, K, G, &pk, g, ng, out);
+                        for (int l = 0; l < 16 * ng; l++) {
+                            const int r = 16 * g + l;
+                            if (r < B) y[(size_t)r * N + n] = out[l];
+                        }
+                    }
+                }
+            }
+        }
+        free(wq); free(wl); free(mw);
+    }
+    pack_free(&pk);
+    return 1;
+#else
+    (void)qt; (void)W; (void)row_bytes; (void)N; (void)K; (void)A; (void)B; (void)y; (void)err;
+    return 0;
+#endif
+}
+
 static int use_fused(int qt, int B) { return B <= 8 && g_fused && pick_fused(qt) != NULL; }
 static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B); }
 
@@ -1083,6 +1230,7 @@ static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int 
         }
         return 0;
     }
+    if (matmul_gemm(qt, W, row_bytes, N, K, A, B, y, &err)) return err;
 #pragma omp parallel num_threads(nt) if (par)
     {
         int8_t *wq = amalloc((size_t)K);

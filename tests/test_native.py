@@ -117,6 +117,24 @@ def test_matmul(qt: int, isa: str, threads: int) -> None:
                 assert np.abs(y - ref).max() / scale < 2e-5, (qt, isa, n, k, b)
 
 
+@pytest.mark.parametrize("qt", QUANT)
+def test_matmul_prefill_batches(qt: int) -> None:
+    """B > 8 takes the batched GEMM path (AVX-512 VNNI) or the decoded-row path; odd B and N."""
+    nv.set_threads(2)
+    rng = np.random.default_rng(100 + qt)
+    bs = nv._BLOCK[qt][0]
+    for k in [256, 768] if bs == 256 else [96, 512]:
+        for n in (1, 7, 33):
+            w = make_weight(qt, n, k, rng)
+            wf = ref_weight(qt, w, k).astype(np.float64)
+            for b in (9, 20, 37):
+                x = rng.standard_normal((b, k)).astype(np.float32)
+                y = nv.matmul(qt, w, x)
+                scale = np.sqrt(np.mean(x.astype(np.float64) ** 2) * np.mean(wf**2) * k)
+                ref = quant_act(x).astype(np.float64) @ wf.T
+                assert np.abs(y - ref).max() / scale < 2e-5, (qt, n, k, b)
+
+
 def test_matvec_1d_and_large_batch() -> None:
     rng = np.random.default_rng(1)
     k, n = 512, 40
