@@ -65,6 +65,21 @@ static void *amalloc(size_t n) {
     return p;
 }
 
+/* per-thread grow-only scratch buffers (no malloc per call); slot < ER_SLOTS */
+#define ER_SLOTS 8
+static __thread void *t_scratch[ER_SLOTS];
+static __thread size_t t_scratch_n[ER_SLOTS];
+
+static void *scratch(int slot, size_t n) {
+    if (n > t_scratch_n[slot]) {
+        free(t_scratch[slot]);
+        t_scratch_n[slot] = 0;
+        t_scratch[slot] = amalloc(n + 256);
+        if (t_scratch[slot]) t_scratch_n[slot] = n;
+    }
+    return t_scratch[slot];
+}
+
 static void detect_isa(void) {
     int isa = ISA_SCALAR;
 #ifdef ER_X86
@@ -206,26 +221,24 @@ static int act_alloc(act_t *a, int B, int K, int want32, int wantk) {
     memset(a, 0, sizeof(*a));
     a->K = K;
     if (want32) {
-        a->q = amalloc((size_t)B * K);
-        a->l = amalloc((size_t)B * K);         /* K/4 floats */
-        a->s = amalloc((size_t)B * (K / 4));   /* K/16 floats */
-        a->n = amalloc((size_t)B * K);         /* K/4 int32 */
-        a->s32 = amalloc((size_t)B * (K / 8)); /* K/32 floats */
+        a->q = scratch(0, (size_t)B * K);
+        a->l = scratch(1, (size_t)B * K);         /* K/4 floats */
+        a->s = scratch(2, (size_t)B * (K / 4));   /* K/16 floats */
+        a->n = scratch(3, (size_t)B * K);         /* K/4 int32 */
+        a->s32 = scratch(4, (size_t)B * (K / 8)); /* K/32 floats */
         if (!a->q || !a->l || !a->s || !a->n || !a->s32) return -1;
     }
     if (wantk) {
-        a->kq = amalloc((size_t)B * K);
-        a->kd = amalloc((size_t)B * (K / 64) + 4); /* K/256 floats */
-        a->kb = amalloc((size_t)B * (K / 8));      /* K/16 int16 */
+        a->kq = scratch(5, (size_t)B * K);
+        a->kd = scratch(6, (size_t)B * (K / 64) + 4); /* K/256 floats */
+        a->kb = scratch(7, (size_t)B * (K / 8));      /* K/16 int16 */
         if (!a->kq || !a->kd || !a->kb) return -1;
     }
     return 0;
 }
 
-static void act_free(act_t *a) {
-    free(a->q); free(a->l); free(a->s); free(a->n); free(a->s32);
-    free(a->kq); free(a->kd); free(a->kb);
-}
+/* activation buffers live in the calling thread's scratch slots */
+static void act_free(act_t *a) { (void)a; }
 
 #ifdef ER_X86
 T_V512 static void quant_row_k_v512(const float *x, int K, int8_t *q, float *d, int16_t *bsum) {
@@ -270,8 +283,13 @@ static void quant_row_k_scalar(const float *x, int K, int8_t *q, float *d, int16
 
 static void act_quantize(act_t *a, const float *x, int B, int K) {
     const int nt = nthreads();
-    if (a->q) {
-#pragma omp parallel for num_threads(nt) schedule(static) if (B > 8 && nt > 1)
+    if (a->q && (B <= 8 || nt == 1)) {
+        for (int b = 0; b < B; b++)
+            quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4,
+                      a->s + (size_t)b * K / 16, a->n + (size_t)b * K / 4);
+        for (size_t i = 0; i < (size_t)B * K / 32; i++) a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
+    } else if (a->q) {
+#pragma omp parallel for num_threads(nt) schedule(static)
         for (int b = 0; b < B; b++)
             quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4,
                       a->s + (size_t)b * K / 16, a->n + (size_t)b * K / 4);
@@ -1210,6 +1228,18 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
 static int use_fused(int qt, int B) { return B <= 8 && g_fused && pick_fused(qt) != NULL; }
 static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B); }
 
+static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B,
+                       float *y, int n0, int n1) {
+    for (int n = n0; n < n1; n++) {
+        float res[4];
+        for (int b = 0; b < B; b += 4) {
+            const int nr = B - b < 4 ? B - b : 4;
+            fz(W + (size_t)n * row_bytes, K, A, b, nr, res);
+            for (int r = 0; r < nr; r++) y[(size_t)(b + r) * N + n] = res[r];
+        }
+    }
+}
+
 static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y) {
     decode_fn dec;
     core_fn core;
@@ -1219,14 +1249,20 @@ static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int 
     int err = 0;
     const fused_fn fz = use_fused(qt, B) ? pick_fused(qt) : NULL;
     if (fz) {
-#pragma omp parallel for num_threads(nt) if (par) schedule(static)
-        for (int n = 0; n < N; n++) {
-            float res[4];
-            for (int b = 0; b < B; b += 4) {
-                const int nr = B - b < 4 ? B - b : 4;
-                fz(W + (size_t)n * row_bytes, K, A, b, nr, res);
-                for (int r = 0; r < nr; r++) y[(size_t)(b + r) * N + n] = res[r];
-            }
+        if (!par) {
+            fused_rows(fz, W, row_bytes, N, K, A, B, y, 0, N);
+            return 0;
+        }
+#pragma omp parallel num_threads(nt)
+        {
+#ifdef _OPENMP
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+            const int t = 0, T = 1;
+#endif
+            const int per = (N + T - 1) / T;
+            const int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
+            fused_rows(fz, W, row_bytes, N, K, A, B, y, n0, n1);
         }
         return 0;
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import weakref
 
 import numpy as np
 
@@ -132,8 +133,36 @@ def get_threads() -> int:
     return numba_cpu.get_threads()
 
 
-def _ptr(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
+_C0 = ctypes.c_char * 0
+
+
+def _ptr(a: np.ndarray):
+    """Argument for a ``void *`` parameter: a zero-length ctypes view (cheap) or the integer address."""
+    try:
+        return _C0.from_buffer(a)
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data
+
+
+_wcache: dict[int, tuple] = {}
+
+
+def _weight(qtype: int, data: np.ndarray, k: int) -> tuple[object, int, int]:
+    """(pointer, row stride, rows) of a validated weight, cached per weight array."""
+    e = _wcache.get(id(data))
+    if e is not None and e[0]() is data and e[1] == qtype and e[2] == k:
+        return e[3], e[4], e[5]
+    d2, stride = _check_w(qtype, data, k)
+    ptr = d2.ctypes.data
+    if d2 is data:
+        if len(_wcache) > 4096:
+            _wcache.clear()
+        try:
+            _wcache[id(data)] = (weakref.ref(data), qtype, k, ptr, stride, d2.shape[0])
+        except TypeError:
+            pass
+        return ptr, stride, d2.shape[0]
+    return _ptr(d2), stride, d2.shape[0]  # a temporary copy: no caching, the view keeps it alive
 
 
 def _f32c(x: np.ndarray) -> np.ndarray:
@@ -172,11 +201,11 @@ def matmul(qtype: int, data: np.ndarray, x: np.ndarray) -> np.ndarray:
     squeeze = x.ndim == 1
     x2 = x.reshape(1, -1) if squeeze else x
     b, k = x2.shape
-    data, rstride = _check_w(int(qtype), data, k)
-    n = data.shape[0]
+    qtype = int(qtype)
+    wp, rstride, n = _weight(qtype, data, k)
     out = np.empty((b, n), np.float32)
     if b and n:
-        rc = _lib.er_matmul(int(qtype), _ptr(data), rstride, n, k, _ptr(x2), b, _ptr(out))
+        rc = _lib.er_matmul(qtype, wp, rstride, n, k, _ptr(x2), b, _ptr(out))
         if rc:
             raise RuntimeError(f"er_matmul failed ({rc})")
     return out[0] if squeeze else out
