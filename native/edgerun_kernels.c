@@ -21,7 +21,7 @@
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(ER_NO_X86)
 #include <immintrin.h>
 #define ER_X86 1
 #define T_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -66,7 +66,7 @@ static void *amalloc(size_t n) {
 }
 
 /* per-thread grow-only scratch buffers (no malloc per call); slot < ER_SLOTS */
-#define ER_SLOTS 8
+#define ER_SLOTS 10
 static __thread void *t_scratch[ER_SLOTS];
 static __thread size_t t_scratch_n[ER_SLOTS];
 
@@ -841,14 +841,14 @@ T_V512 AI void fz_q4q5_0_nr(int five, const uint8_t *row, int K, const act_t *A,
     const __m512i is = _mm512_loadu_si512(five ? IDX_Q5_0_S : IDX_Q4_0_S);
     const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
                                          0x0004000400040004LL, 0x0004000400040004LL);
-    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16);
-    const __m512i off = _mm512_set1_epi8(five ? 112 : 120);
+    /* u = q | 0x80 = q + 128; the activation offsets (A->n) already hold -(128 + 8|16) * sum */
+    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16), x80 = _mm512_set1_epi8((char)0x80);
     const uint64_t m2 = bytemask(2 * bs), m1 = bytemask(bs);
 #define Q45_PAIR(ACC, i_, mask_)                                                                       \
     {                                                                                                  \
         const uint8_t *p0 = row + (size_t)(i_) * bs;                                                   \
         const __m512i v = _mm512_maskz_loadu_epi8(mask_, p0);                                          \
-        __m512i u = _mm512_add_epi8(_mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi16(iq, v), sh), m0f), off); \
+        __m512i u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(_mm512_permutexvar_epi16(iq, v), sh), m0f, x80, 0xEA); \
         if (five) {                                                                                    \
             uint32_t h0, h1 = 0;                                                                       \
             memcpy(&h0, p0 + 2, 4);                                                                    \
@@ -1092,9 +1092,9 @@ typedef struct {
     float *XS;    /* ngroups * (K/16) * 16 : scale * sum of 16 quants */
 } pack_t;
 
-static void pack_free(pack_t *pk) { free(pk->P); free(pk->NS); free(pk->DA); free(pk->XS); }
+__attribute__((unused)) static void pack_free(pack_t *pk) { free(pk->P); free(pk->NS); free(pk->DA); free(pk->XS); }
 
-static int pack_acts(pack_t *pk, const act_t *A, int B, int K, int G) {
+__attribute__((unused)) static int pack_acts(pack_t *pk, const act_t *A, int B, int K, int G) {
     memset(pk, 0, sizeof(*pk));
     pk->K = K; pk->G = G; pk->ngroups = (B + 15) / 16;
     const size_t ng = (size_t)pk->ngroups;
@@ -1248,6 +1248,18 @@ static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int 
     const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 16);
     int err = 0;
     const fused_fn fz = use_fused(qt, B) ? pick_fused(qt) : NULL;
+    act_t A2;
+    if (fz && (qt == ER_Q4_0 || qt == ER_Q5_0)) {
+        /* weights enter as q + 128 with q = value + 8 (16): offset -(128 + 8) * sum (or 144) */
+        const size_t m = (size_t)B * K / 4;
+        int32_t *xn = scratch(8, m * 4);
+        if (!xn) return -2;
+        const int sh = qt == ER_Q4_0 ? 4 : 3;
+        for (size_t i = 0; i < m; i++) xn[i] = A->n[i] + (A->n[i] >> sh);
+        A2 = *A;
+        A2.n = xn;
+        A = &A2;
+    }
     if (fz) {
         if (!par) {
             fused_rows(fz, W, row_bytes, N, K, A, B, y, 0, N);
