@@ -66,6 +66,9 @@ static void *amalloc(size_t n) {
 }
 
 /* per-thread grow-only scratch buffers (no malloc per call); slot < ER_SLOTS */
+#ifndef ER_PF
+#define ER_PF 1024
+#endif
 #define ER_SLOTS 10
 static __thread void *t_scratch[ER_SLOTS];
 static __thread size_t t_scratch_n[ER_SLOTS];
@@ -945,6 +948,9 @@ T_V512 AI void fk_q45_nr(int five, const uint8_t *row, int K, const act_t *A, in
     const __m512i im = _mm512_loadu_si512(IDX_K45_M);
     for (int i = 0; i < nb; i++) {
         const uint8_t *blk = row + (size_t)i * bsz;
+        _mm_prefetch((const char *)blk + ER_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)blk + ER_PF + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)blk + ER_PF + 128, _MM_HINT_T0);
         const float d = _cvtsh_ss(rd16(blk)), dmin = _cvtsh_ss(rd16(blk + 2));
         uint32_t t[3];
         memcpy(t, blk + 4, 12);
@@ -994,6 +1000,10 @@ T_V512 AI void fk_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR
     const __m512i shB = _mm512_setr_epi64(0, 0, 0, 0, 0x0002000200020002LL, 0x0002000200020002LL,
                                           0x0002000200020002LL, 0x0002000200020002LL);
     for (int i = 0; i < nb; i++) {
+        _mm_prefetch((const char *)&bk[i] + ER_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)&bk[i] + ER_PF + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)&bk[i] + ER_PF + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)&bk[i] + ER_PF + 192, _MM_HINT_T0);
         const float d = _cvtsh_ss(rd16(&bk[i].d));
         const __m512i scw = _mm512_cvtepi8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)bk[i].scales)));
         __m512i isum[4];
