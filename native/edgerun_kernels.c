@@ -952,13 +952,15 @@ T_V512 AI void fk_q45_nr(int five, const uint8_t *row, int K, const act_t *A, in
         _mm_prefetch((const char *)blk + ER_PF + 64, _MM_HINT_T0);
         _mm_prefetch((const char *)blk + ER_PF + 128, _MM_HINT_T0);
         const float d = _cvtsh_ss(rd16(blk)), dmin = _cvtsh_ss(rd16(blk + 2));
-        uint32_t t[3];
-        memcpy(t, blk + 4, 12);
-        const uint32_t sc_lo = t[0] & 0x3f3f3f3f, m_lo = t[1] & 0x3f3f3f3f;
-        const uint32_t sc_hi = (t[2] & 0x0f0f0f0f) | (((t[0] >> 6) & 0x03030303) << 4);
-        const uint32_t m_hi = ((t[2] >> 4) & 0x0f0f0f0f) | (((t[1] >> 6) & 0x03030303) << 4);
-        const __m512i scw = _mm512_cvtepu8_epi16(
-            _mm256_zextsi128_si256(_mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi)));
+        /* 12 packed bytes -> [sc0..7, m0..7] (6 bits each), as dwords (u0, u1, u2):
+         * sc_lo = u0 & 0x3f.., sc_hi = (u2 & 0x0f..) | ((u0 >> 2) & 0x30..),
+         * m_lo = u1 & 0x3f.., m_hi = ((u2 >> 4) & 0x0f..) | ((u1 >> 2) & 0x30..) */
+        const __m128i v = _mm_loadu_si128((const __m128i *)(blk + 4)); /* 4 extra bytes of qh/qs: unused */
+        const __m128i X = _mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)), _mm_setr_epi32(0, 0, 0, 4));
+        const __m128i Y = _mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2);
+        const __m128i lo = _mm_and_si128(X, _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+        const __m128i hi = _mm_and_si128(Y, _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+        const __m512i scw = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_or_si128(lo, hi)));
         const uint8_t *qs = blk + (five ? 48 : 16);
         __m512i qh = _mm512_setzero_si512();
         if (five) qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
