@@ -663,16 +663,27 @@ T_AVX2 AI void core_avx2_nr(const int8_t *w, const float *wl, const float *mw, i
         q[r] = A->q + (size_t)(b + r) * K;
         xl[r] = A->l + (size_t)(b + r) * K / 4;
     }
-    for (int c = 0; c < K; c += 32) {
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + c));
-        const __m256i aw = _mm256_sign_epi8(wv, wv);
-        const __m256 s = _mm256_loadu_ps(wl + c / 4);
-        for (int r = 0; r < NR; r++) {
-            __m256i a = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q[r] + c)), wv);
-            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, a), ones);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(s, _mm256_loadu_ps(xl[r] + c / 4)), acc[r]);
-        }
+    __m256 acc2[4];
+    for (int r = 0; r < NR; r++) acc2[r] = _mm256_setzero_ps();
+#define AVX2_CHUNK(ACC, c_)                                                                                     \
+    {                                                                                                           \
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (c_)));                                     \
+        const __m256i aw = _mm256_sign_epi8(wv, wv);                                                            \
+        const __m256 s = _mm256_loadu_ps(wl + (c_) / 4);                                                        \
+        for (int r = 0; r < NR; r++) {                                                                          \
+            __m256i a = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q[r] + (c_))), wv);               \
+            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, a), ones);                                   \
+            ACC[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(s, _mm256_loadu_ps(xl[r] + (c_) / 4)), ACC[r]); \
+        }                                                                                                       \
     }
+    int c = 0;
+    for (; c + 64 <= K; c += 64) {
+        AVX2_CHUNK(acc, c);
+        AVX2_CHUNK(acc2, c + 32);
+    }
+    if (c < K) AVX2_CHUNK(acc, c);
+#undef AVX2_CHUNK
+    for (int r = 0; r < NR; r++) acc[r] = _mm256_add_ps(acc[r], acc2[r]);
     if (mw) {
         const int G = K / 16;
         for (int r = 0; r < NR; r++) {
@@ -712,15 +723,25 @@ T_V512 AI void core_v512_nr(const int8_t *w, const float *wl, const float *mw, i
         xl[r] = A->l + (size_t)(b + r) * K / 4;
         xn[r] = A->n + (size_t)(b + r) * K / 4;
     }
-    int c = 0;
-    for (; c + 64 <= K; c += 64) {
-        const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(w + c), x80);
-        const __m512 s = _mm512_loadu_ps(wl + c / 4);
-        for (int r = 0; r < NR; r++) {
-            __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(xn[r] + c / 4), u, _mm512_loadu_si512(q[r] + c));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(s, _mm512_loadu_ps(xl[r] + c / 4)), acc[r]);
-        }
+    __m512 acc2[4];
+    for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
+#define V512_CHUNK(ACC, c_)                                                                                     \
+    {                                                                                                           \
+        const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(w + (c_)), x80);                                  \
+        const __m512 s = _mm512_loadu_ps(wl + (c_) / 4);                                                        \
+        for (int r = 0; r < NR; r++) {                                                                          \
+            __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(xn[r] + (c_) / 4), u, _mm512_loadu_si512(q[r] + (c_))); \
+            ACC[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(s, _mm512_loadu_ps(xl[r] + (c_) / 4)), ACC[r]); \
+        }                                                                                                       \
     }
+    int c = 0;
+    for (; c + 128 <= K; c += 128) {
+        V512_CHUNK(acc, c);
+        V512_CHUNK(acc2, c + 64);
+    }
+    for (; c + 64 <= K; c += 64) V512_CHUNK(acc, c);
+#undef V512_CHUNK
+    for (int r = 0; r < NR; r++) acc[r] = _mm512_add_ps(acc[r], acc2[r]);
     if (c < K) { /* 32-value tail */
         const __mmask64 m = 0xFFFFFFFFull;
         const __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + c), x80);
@@ -1345,15 +1366,22 @@ T_AVX2 AI __m256 fload8(int qt, const uint8_t *row, int k) {
 }
 
 T_AVX2 AI void fcore_avx2_nr(int qt, const uint8_t *row, int K, const float *x, int NR, float *res) {
-    __m256 acc[4];
-    for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();
+    __m256 acc[4], acc2[4];
+    for (int r = 0; r < NR; r++) acc[r] = acc2[r] = _mm256_setzero_ps();
     int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const __m256 w0 = fload8(qt, row, k), w1 = fload8(qt, row, k + 8);
+        for (int r = 0; r < NR; r++) {
+            acc[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)r * K + k), acc[r]);
+            acc2[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + (size_t)r * K + k + 8), acc2[r]);
+        }
+    }
     for (; k + 8 <= K; k += 8) {
         const __m256 wv = fload8(qt, row, k);
         for (int r = 0; r < NR; r++) acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)r * K + k), acc[r]);
     }
     for (int r = 0; r < NR; r++) {
-        float t = hsum256(acc[r]);
+        float t = hsum256(_mm256_add_ps(acc[r], acc2[r]));
         for (int kk = k; kk < K; kk++) t += fw_scalar(qt, row, kk) * x[(size_t)r * K + kk];
         res[r] = t;
     }
