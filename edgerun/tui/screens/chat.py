@@ -180,7 +180,6 @@ class ChatScreen(Screen):
         bubble.border_subtitle = "▍ streaming"
         await bubble.write(text)
         self.stats.set_generation({**self.last_stats, **{k: v for k, v in live.items() if v is not None}})
-        self.message_list.follow()
 
     async def _on_finish(self, bubble: MessageBubble, text: str, final: Any, error: str | None,
                          summary: dict[str, Any], gen: int, conv_id: int | None) -> None:
@@ -211,7 +210,6 @@ class ChatScreen(Screen):
         info = app.safe_info()
         self.last_stats = {**summary, "n_ctx": info.get("n_ctx"), "ctx_used": info.get("ctx_used")}
         self.stats.set_generation(self.last_stats)
-        self.message_list.follow()
 
     # ---- actions -------------------------------------------------------------------------------
 
@@ -245,4 +243,4 @@ class ChatScreen(Screen):
         lst.remove_children()
         for m in self.messages:
             lst.add(m["role"], m["content"])
-        lst.scroll_end(animate=False)
+        lst.anchor()

@@ -38,7 +38,10 @@ class MessageBubble(Markdown):
 
 
 class MessageList(VerticalScroll):
-    """The scrolling list of bubbles, kept pinned to the bottom while the user is there."""
+    """The scrolling list of bubbles, anchored to the bottom until the user scrolls up."""
+
+    def on_mount(self) -> None:
+        self.anchor()
 
     def welcome(self, text: str) -> None:
         """Show the empty-chat hint."""
@@ -51,10 +54,6 @@ class MessageList(VerticalScroll):
             w.remove()
         bubble = MessageBubble(role, content, title)
         self.mount(bubble)
-        self.scroll_end(animate=False)
+        self._anchor_released = False  # a new message brings the view back to the bottom
+        self.anchor()
         return bubble
-
-    def follow(self) -> None:
-        """Scroll to the end if the view was already near it."""
-        if self.max_scroll_y - self.scroll_y <= 3:
-            self.scroll_end(animate=False, immediate=True)
