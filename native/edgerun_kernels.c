@@ -1073,6 +1073,141 @@ FZ_WRAP(fz_q8_0, fz_q8_0_nr(row, K, A, b, NR_, res))
 FZ_WRAP(fz_q4_k, fk_q45_nr(0, row, K, A, b, NR_, res))
 FZ_WRAP(fz_q5_k, fk_q45_nr(1, row, K, A, b, NR_, res))
 FZ_WRAP(fz_q6_k, fk_q6_nr(row, K, A, b, NR_, res))
+
+/* ---- fused AVX2 K-quant kernels (Q8_K-style activations; maddubs + madd with the sub-block scales) ---- */
+
+T_AVX2 AI __m128i kscales_sse(const uint8_t *p12) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)p12);
+    const __m128i X = _mm_srlv_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)), _mm_setr_epi32(0, 0, 0, 4));
+    const __m128i Y = _mm_srli_epi32(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), 2);
+    const __m128i lo = _mm_and_si128(X, _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i hi = _mm_and_si128(Y, _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+    return _mm_or_si128(lo, hi); /* [sc0..7, m0..7] */
+}
+
+#define FA_SETUP()                                                      \
+    const int nb = K / 256;                                             \
+    __m256 facc[4], macc[4];                                            \
+    const int8_t *kq[4];                                                \
+    const float *kd[4];                                                 \
+    const int16_t *kb[4];                                               \
+    for (int r = 0; r < NR; r++) {                                      \
+        facc[r] = _mm256_setzero_ps();                                  \
+        macc[r] = _mm256_setzero_ps();                                  \
+        kq[r] = A->kq + (size_t)(b + r) * K;                            \
+        kd[r] = A->kd + (size_t)(b + r) * nb;                           \
+        kb[r] = A->kb + (size_t)(b + r) * (K / 16);                     \
+    }
+
+T_AVX2 AI void fa_q45_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FA_SETUP();
+    const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const __m256i m0f = _mm256_set1_epi8(15), h16 = _mm256_set1_epi8(16);
+    const __m128i midx = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *blk = row + (size_t)i * bsz;
+        _mm_prefetch((const char *)blk + 1024, _MM_HINT_T0);
+        _mm_prefetch((const char *)blk + 1024 + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)blk + 1024 + 128, _MM_HINT_T0);
+        const float d = _cvtsh_ss(rd16(blk)), dmin = _cvtsh_ss(rd16(blk + 2));
+        const __m128i sc8 = kscales_sse(blk + 4);
+        uint8_t scb[16];
+        _mm_storeu_si128((__m128i *)scb, sc8);
+        const __m256i m16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sc8, midx));
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        __m256i isum[4];
+        for (int r = 0; r < NR; r++) isum[r] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(q, m0f), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m0f);
+            if (five) {
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * c), 4), h16));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * c + 1), 4), h16));
+            }
+            const __m256i s0 = _mm256_set1_epi16(scb[2 * c]), s1 = _mm256_set1_epi16(scb[2 * c + 1]);
+            for (int r = 0; r < NR; r++) {
+                const int8_t *qa = kq[r] + 256 * i + 64 * c;
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)qa)), s0);
+                const __m256i p1 =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(qa + 32))), s1);
+                isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(p0, p1));
+            }
+        }
+        for (int r = 0; r < NR; r++) {
+            const float da = kd[r][i];
+            facc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(d * da), facc[r]);
+            const __m256i mi = _mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i *)(kb[r] + 16 * i)));
+            macc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mi), _mm256_set1_ps(dmin * da), macc[r]);
+        }
+    }
+    for (int r = 0; r < NR; r++) res[r] += hsum256(facc[r]) - hsum256(macc[r]);
+}
+
+static const uint8_t IDX_Q6K_A2[8][16] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+
+T_AVX2 AI void fa_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FA_SETUP();
+    (void)macc;
+    const block_q6_K *bk = (const block_q6_K *)row;
+    const __m256i m0f = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    for (int i = 0; i < nb; i++) {
+        _mm_prefetch((const char *)&bk[i] + 1024, _MM_HINT_T0);
+        _mm_prefetch((const char *)&bk[i] + 1024 + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)&bk[i] + 1024 + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)&bk[i] + 1024 + 192, _MM_HINT_T0);
+        const float d = _cvtsh_ss(rd16(&bk[i].d));
+        const __m128i sc = _mm_loadu_si128((const __m128i *)bk[i].scales);
+        __m256i isum[4];
+        for (int r = 0; r < NR; r++) isum[r] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(bk[i].ql + 64 * h));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(bk[i].ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(bk[i].qh + 32 * h));
+            __m256i u[4];
+            u[0] = _mm256_or_si256(_mm256_and_si256(l0, m0f), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+            u[1] = _mm256_or_si256(_mm256_and_si256(l1, m0f),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+            u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m0f),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+            u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m0f),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+            for (int j = 0; j < 4; j++) {
+                const __m256i sv = _mm256_cvtepi8_epi16(
+                    _mm_shuffle_epi8(sc, _mm_loadu_si128((const __m128i *)IDX_Q6K_A2[4 * h + j])));
+                for (int r = 0; r < NR; r++) {
+                    const __m256i a = _mm256_loadu_si256((const __m256i *)(kq[r] + 256 * i + 128 * h + 32 * j));
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u[j], a), sv));
+                }
+            }
+        }
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc);
+        for (int r = 0; r < NR; r++) {
+            const __m256i o = _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(kb[r] + 16 * i))), 5);
+            facc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[r], o)), _mm256_set1_ps(d * kd[r][i]), facc[r]);
+        }
+    }
+    for (int r = 0; r < NR; r++) res[r] += hsum256(facc[r]);
+}
+
+#define FA_WRAP(name, call)                                                                     \
+    T_AVX2 static void name(const uint8_t *row, int K, const act_t *A, int b, int nr, float *res) { \
+        for (int r = 0; r < nr; r++) res[r] = 0.f;                                              \
+        switch (nr) {                                                                           \
+        case 1: { const int NR_ = 1; call; } break;                                             \
+        case 2: { const int NR_ = 2; call; } break;                                             \
+        case 3: { const int NR_ = 3; call; } break;                                             \
+        default: { const int NR_ = 4; call; } break;                                            \
+        }                                                                                       \
+    }
+
+FA_WRAP(fa_q4_k, fa_q45_nr(0, row, K, A, b, NR_, res))
+FA_WRAP(fa_q5_k, fa_q45_nr(1, row, K, A, b, NR_, res))
+FA_WRAP(fa_q6_k, fa_q6_nr(row, K, A, b, NR_, res))
 #endif
 
 static int is_kquant(int qt) { return qt == ER_Q4_K || qt == ER_Q5_K || qt == ER_Q6_K; }
@@ -1087,6 +1222,13 @@ static fused_fn pick_fused(int qt) {
         case ER_Q4_K: return fz_q4_k;
         case ER_Q5_K: return fz_q5_k;
         case ER_Q6_K: return fz_q6_k;
+        default: break;
+        }
+    } else if (g_isa >= ISA_AVX2) {
+        switch (qt) {
+        case ER_Q4_K: return fa_q4_k;
+        case ER_Q5_K: return fa_q5_k;
+        case ER_Q6_K: return fa_q6_k;
         default: break;
         }
     }
