@@ -14,7 +14,7 @@ elif sys.platform == "darwin":
     compile_args = ["-O3", "-std=gnu11"]
     link_args = []
 else:
-    compile_args = ["-O3", "-std=gnu11", "-fopenmp", "-fvisibility=hidden", "-fno-math-errno"]
+    compile_args = ["-O3", "-g0", "-std=gnu11", "-fopenmp", "-fvisibility=hidden", "-fno-math-errno"]
     link_args = ["-fopenmp"]
 
 setup(

@@ -1208,6 +1208,52 @@ T_AVX2 AI void fa_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR
 FA_WRAP(fa_q4_k, fa_q45_nr(0, row, K, A, b, NR_, res))
 FA_WRAP(fa_q5_k, fa_q45_nr(1, row, K, A, b, NR_, res))
 FA_WRAP(fa_q6_k, fa_q6_nr(row, K, A, b, NR_, res))
+
+/* legacy Q4_0 / Q8_0 on AVX2: per-32 activations, one float FMA per block */
+T_AVX2 AI void fa_q4q8_0_nr(int eight, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    const int nb = K / 32;
+    __m256 acc[4], acc2[4];
+    float off[4];
+    const int8_t *q[4];
+    const float *xl[4], *s32[4];
+    for (int r = 0; r < NR; r++) {
+        acc[r] = acc2[r] = _mm256_setzero_ps();
+        off[r] = 0.f;
+        q[r] = A->q + (size_t)(b + r) * K;
+        xl[r] = A->l + (size_t)(b + r) * K / 4;
+        s32[r] = A->s32 + (size_t)(b + r) * nb;
+    }
+    const __m256i m0f = _mm256_set1_epi8(15);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int i = 0; i < nb; i++) {
+        __m256i u, wv = _mm256_setzero_si256();
+        float dw;
+        if (eight) {
+            const block_q8_0 *bk = (const block_q8_0 *)row + i;
+            wv = _mm256_loadu_si256((const __m256i *)bk->qs);
+            u = _mm256_sign_epi8(wv, wv);
+            dw = _cvtsh_ss(rd16(&bk->d));
+        } else {
+            const block_q4_0 *bk = (const block_q4_0 *)row + i;
+            const __m128i qq = _mm_loadu_si128((const __m128i *)bk->qs);
+            u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qq, 4), qq), m0f);
+            dw = _cvtsh_ss(rd16(&bk->d));
+        }
+        for (int r = 0; r < NR; r++) {
+            __m256i a = _mm256_loadu_si256((const __m256i *)(q[r] + 32 * i));
+            if (eight) a = _mm256_sign_epi8(a, wv);
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), ones);
+            const __m256 sc = _mm256_set1_ps(dw * xl[r][8 * i]);
+            if (i & 1) acc2[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc2[r]);
+            else acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[r]);
+            if (!eight) off[r] += dw * s32[r][i];
+        }
+    }
+    for (int r = 0; r < NR; r++) res[r] += hsum256(_mm256_add_ps(acc[r], acc2[r])) - 8.f * off[r];
+}
+
+FA_WRAP(fa_q4_0, fa_q4q8_0_nr(0, row, K, A, b, NR_, res))
+FA_WRAP(fa_q8_0, fa_q4q8_0_nr(1, row, K, A, b, NR_, res))
 #endif
 
 static int is_kquant(int qt) { return qt == ER_Q4_K || qt == ER_Q5_K || qt == ER_Q6_K; }
@@ -1226,6 +1272,8 @@ static fused_fn pick_fused(int qt) {
         }
     } else if (g_isa >= ISA_AVX2) {
         switch (qt) {
+        case ER_Q4_0: return fa_q4_0;
+        case ER_Q8_0: return fa_q8_0;
         case ER_Q4_K: return fa_q4_k;
         case ER_Q5_K: return fa_q5_k;
         case ER_Q6_K: return fa_q6_k;
