@@ -357,9 +357,14 @@ class Transformer:
         x = self.backend.get_rows(self.tok_embd, b.tokens)  # (T, D)
         if a.embed_scale != 1.0:
             x = x * np.float32(a.embed_scale)
+        fused = getattr(self.backend, "ffn", None)
         for i, ly in enumerate(self.layers):
             x = x + self.attention_block(i, ly, x, b, kv)
-            x = x + self.ffn_block(ly, x)
+            if fused is not None and ly.post_ffn_norm is None:
+                # One native call: norm, gate/up, activation, down and the residual add.
+                x = fused(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
+            else:
+                x = x + self.ffn_block(ly, x)
         rows = []
         for s0, n, want in zip(b.seq_starts, b.seq_lens, b.want_all):
             rows.append(np.arange(s0, s0 + n) if want else np.array([s0 + n - 1]))
