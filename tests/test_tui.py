@@ -380,3 +380,14 @@ def test_http_backend_streams_sse():
     assert evs[-1].finish_reason == "stop" and evs[-1].usage.prompt_tokens == 7
     assert seen["stream"] is True and seen["stream_options"] == {"include_usage": True}
     assert seen["auth"] == "Bearer k" and seen["max_tokens"] == 5
+
+
+async def test_ctrl_b_toggles_side_panel():
+    app = make_app()
+    async with app.run_test(size=(110, 36)) as pilot:
+        await wait_idle(app, pilot)
+        assert app.chat.stats.display
+        await pilot.press("ctrl+b")
+        assert not app.chat.stats.display
+        await pilot.press("ctrl+b")
+        assert app.chat.stats.display

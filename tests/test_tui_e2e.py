@@ -59,7 +59,7 @@ def session(tmp_path):
     home.mkdir()
     (home / "chat_settings.json").write_text(json.dumps(
         {"system_prompt": "You are a helpful coding assistant. Be brief.", "temperature": 0.0,
-         "top_p": 1.0, "max_tokens": 64}))
+         "top_p": 1.0, "max_tokens": 96}))
     name = f"edgerun-e2e-{os.getpid()}"
     yield name, home
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
@@ -68,7 +68,9 @@ def session(tmp_path):
 def test_real_chat_in_tmux(session):
     name, home = session
     threads = str(min(4, os.cpu_count() or 1))
-    cmd = " ".join([f"EDGERUN_HOME={home}", "TERM=xterm-256color", *_command(), "-m", MODEL,
+    # COLUMNS/LINES inherited from pytest would override the pane's real size
+    cmd = " ".join(["env", "-u", "COLUMNS", "-u", "LINES", f"EDGERUN_HOME={home}", "TERM=xterm-256color",
+                    *_command(), "-m", MODEL,
                     "--threads", threads, "--ctx", "2048"])
     t0 = time.perf_counter()
     subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", "-c", str(ROOT),

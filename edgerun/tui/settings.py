@@ -6,6 +6,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgerun.text.sampling import SamplingParams
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -41,8 +45,9 @@ class Settings:
         if not 1 <= self.max_tokens <= 1 << 20:
             raise ValueError("max tokens must be a positive integer")
 
-    def sampling_params(self):  # -> SamplingParams (numpy import kept out of the UI's import path)
-        """These settings as `edgerun.text.sampling.SamplingParams`."""
+    def sampling_params(self) -> SamplingParams:
+        """These settings as `edgerun.text.sampling.SamplingParams` (imported here: it pulls
+        in numpy, which the UI's import path avoids)."""
         from edgerun.text.sampling import SamplingParams
 
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)

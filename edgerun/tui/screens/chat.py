@@ -38,6 +38,7 @@ class ChatScreen(Screen):
         Binding("f2", "app.history", "History"),
         Binding("f3", "app.models", "Models"),
         Binding("f4", "app.settings", "Settings"),
+        Binding("ctrl+b", "toggle_panel", "Panel"),
     ]
 
     def __init__(self) -> None:
@@ -152,10 +153,13 @@ class ChatScreen(Screen):
                     final = ev
                     break
                 if pending and now - last_flush >= FLUSH_S:
+                    prompt = ev.usage.prompt_tokens or None
                     live = {"tok_s": (n - 1) / (now - first) if first and n > 1 and now > first else None,
                             "ttft_s": (first - t0) if first else None, "completion": n,
-                            "prompt": ev.usage.prompt_tokens or None}
-                    self.app.call_from_thread(self._on_delta, bubble, pending, live, gen)
+                            "prompt": prompt, "ctx_used": prompt + n if prompt else None}
+                    if not self._ui(self._on_delta, bubble, pending, live, gen):
+                        backend.cancel()
+                        return
                     pending = ""
                     last_flush = now
         except Exception as e:  # noqa: BLE001 - shown in the chat
@@ -172,7 +176,15 @@ class ChatScreen(Screen):
             }
             if final.finish_reason == "error":
                 error = final.error or "generation failed"
-        self.app.call_from_thread(self._on_finish, bubble, pending, final, error, summary, gen, conv_id)
+        self._ui(self._on_finish, bubble, pending, final, error, summary, gen, conv_id)
+
+    def _ui(self, fn: Any, *args: Any) -> bool:
+        """Run `fn` on the UI thread; False when the app is already gone (quit mid-reply)."""
+        try:
+            self.app.call_from_thread(fn, *args)
+        except RuntimeError:
+            return False
+        return True
 
     async def _on_delta(self, bubble: MessageBubble, text: str, live: dict[str, Any], gen: int) -> None:
         if gen != self._gen or not bubble.is_attached:
@@ -220,6 +232,10 @@ class ChatScreen(Screen):
         elif self.waiting:
             self.waiting = False
             self.notify("Cancelled the queued message.")
+
+    def action_toggle_panel(self) -> None:
+        """Show or hide the side panel (more room for wide code)."""
+        self.stats.display = not self.stats.display
 
     def action_new_chat(self) -> None:
         """Start an empty conversation (a running reply is stopped and kept in history)."""
