@@ -1350,53 +1350,69 @@ __attribute__((unused)) static int pack_acts(pack_t *pk, const act_t *A, int B, 
 }
 
 #ifdef ER_X86
-T_V512 AI void gemm_v512_g(const int8_t *w, const float *wl, const float *mw, int K, const int G, const pack_t *pk,
-                           int g0, const int NG, float *out) {
-    __m512 facc[2];
-    __m512i iacc[2];
+/* NW weight rows (decoded) x NG groups of 16 activation rows; out[w][16*NG] */
+T_V512 AI void gemm_v512_g(const int8_t *const *w, const float *const *wl, const float *const *mw, const int NW, int K,
+                           const int G, const pack_t *pk, int g0, const int NG, float *out) {
+    __m512 facc[2][2];
+    __m512i iacc[2][2];
     const int nbk = K / G;
     const int8_t *P[2];
     const int32_t *NS[2];
     const float *DA[2];
     for (int gg = 0; gg < NG; gg++) {
-        facc[gg] = _mm512_setzero_ps();
+        for (int v = 0; v < NW; v++) facc[v][gg] = _mm512_setzero_ps();
         P[gg] = pk->P + (size_t)(g0 + gg) * K * 16;
         NS[gg] = pk->NS + (size_t)(g0 + gg) * nbk * 16;
         DA[gg] = pk->DA + (size_t)(g0 + gg) * nbk * 16;
     }
     for (int blk = 0; blk < nbk; blk++) {
-        for (int gg = 0; gg < NG; gg++) iacc[gg] = _mm512_loadu_si512(NS[gg] + 16 * blk);
+        for (int gg = 0; gg < NG; gg++) {
+            const __m512i ns = _mm512_loadu_si512(NS[gg] + 16 * blk);
+            for (int v = 0; v < NW; v++) iacc[v][gg] = ns;
+        }
         for (int j = 0; j < G / 4; j++) {
-            uint32_t w4;
-            memcpy(&w4, w + blk * G + 4 * j, 4);
-            const __m512i bw = _mm512_set1_epi32((int)(w4 ^ 0x80808080u));
-            for (int gg = 0; gg < NG; gg++)
-                iacc[gg] = _mm512_dpbusd_epi32(iacc[gg], bw, _mm512_loadu_si512(P[gg] + ((size_t)blk * G / 4 + j) * 64));
+            __m512i bw[2];
+            for (int v = 0; v < NW; v++) {
+                uint32_t w4;
+                memcpy(&w4, w[v] + blk * G + 4 * j, 4);
+                bw[v] = _mm512_set1_epi32((int)(w4 ^ 0x80808080u));
+            }
+            for (int gg = 0; gg < NG; gg++) {
+                const __m512i a = _mm512_loadu_si512(P[gg] + ((size_t)blk * G / 4 + j) * 64);
+                for (int v = 0; v < NW; v++) iacc[v][gg] = _mm512_dpbusd_epi32(iacc[v][gg], bw[v], a);
+            }
         }
-        const __m512 ws = _mm512_set1_ps(wl[blk * G / 4]);
-        for (int gg = 0; gg < NG; gg++)
-            facc[gg] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[gg]), _mm512_mul_ps(ws, _mm512_loadu_ps(DA[gg] + 16 * blk)),
-                                       facc[gg]);
-    }
-    if (mw) {
-        for (int g16 = 0; g16 < K / 16; g16++) {
-            const __m512 m = _mm512_set1_ps(mw[g16]);
-            for (int gg = 0; gg < NG; gg++)
-                facc[gg] = _mm512_fmadd_ps(m, _mm512_loadu_ps(pk->XS + ((size_t)(g0 + gg) * (K / 16) + g16) * 16), facc[gg]);
+        for (int gg = 0; gg < NG; gg++) {
+            const __m512 da = _mm512_loadu_ps(DA[gg] + 16 * blk);
+            for (int v = 0; v < NW; v++)
+                facc[v][gg] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[v][gg]),
+                                              _mm512_mul_ps(_mm512_set1_ps(wl[v][blk * G / 4]), da), facc[v][gg]);
         }
     }
-    for (int gg = 0; gg < NG; gg++) _mm512_storeu_ps(out + 16 * gg, facc[gg]);
+    for (int v = 0; v < NW; v++) {
+        if (mw[v]) {
+            for (int g16 = 0; g16 < K / 16; g16++) {
+                const __m512 m = _mm512_set1_ps(mw[v][g16]);
+                for (int gg = 0; gg < NG; gg++)
+                    facc[v][gg] = _mm512_fmadd_ps(m, _mm512_loadu_ps(pk->XS + ((size_t)(g0 + gg) * (K / 16) + g16) * 16),
+                                                  facc[v][gg]);
+            }
+        }
+        for (int gg = 0; gg < NG; gg++) _mm512_storeu_ps(out + 32 * v + 16 * gg, facc[v][gg]);
+    }
 }
 
-T_V512 static void gemm_v512(const int8_t *w, const float *wl, const float *mw, int K, int G, const pack_t *pk, int g0,
-                             int ng, float *out) {
+T_V512 static void gemm_v512(const int8_t *const *w, const float *const *wl, const float *const *mw, int nw, int K,
+                             int G, const pack_t *pk, int g0, int ng, float *out) {
+#define GV(NW_, G_, NG_) gemm_v512_g(w, wl, mw, NW_, K, G_, pk, g0, NG_, out)
     if (G == 32) {
-        if (ng == 2) gemm_v512_g(w, wl, mw, K, 32, pk, g0, 2, out);
-        else gemm_v512_g(w, wl, mw, K, 32, pk, g0, 1, out);
+        if (nw == 2) { if (ng == 2) GV(2, 32, 2); else GV(2, 32, 1); }
+        else { if (ng == 2) GV(1, 32, 2); else GV(1, 32, 1); }
     } else {
-        if (ng == 2) gemm_v512_g(w, wl, mw, K, 16, pk, g0, 2, out);
-        else gemm_v512_g(w, wl, mw, K, 16, pk, g0, 1, out);
+        if (nw == 2) { if (ng == 2) GV(2, 16, 2); else GV(2, 16, 1); }
+        else { if (ng == 2) GV(1, 16, 2); else GV(1, 16, 1); }
     }
+#undef GV
 }
 #endif
 
@@ -1415,30 +1431,35 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
     const int GT = 4; /* row groups per tile: 64 activation rows stay in L2 */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        int8_t *wq = amalloc((size_t)K);
-        float *wl = amalloc((size_t)K);
-        float *mw = amalloc((size_t)K / 4 + 64);
-        if (!wq || !wl || !mw) {
+        int8_t *wq[2] = {amalloc((size_t)K), amalloc((size_t)K)};
+        float *wl[2] = {amalloc((size_t)K), amalloc((size_t)K)};
+        float *mwb[2] = {amalloc((size_t)K / 4 + 64), amalloc((size_t)K / 4 + 64)};
+        if (!wq[0] || !wq[1] || !wl[0] || !wl[1] || !mwb[0] || !mwb[1]) {
             *err = -2;
         } else {
+            const int NP = (N + 1) / 2;
             for (int t0 = 0; t0 < pk.ngroups; t0 += GT) {
                 const int t1 = t0 + GT < pk.ngroups ? t0 + GT : pk.ngroups;
 #pragma omp for schedule(static)
-                for (int n = 0; n < N; n++) {
-                    const int has_m = dec(qt, W + (size_t)n * row_bytes, K, wq, wl, mw);
-                    float out[32];
+                for (int np = 0; np < NP; np++) {
+                    const int n = 2 * np, nw = n + 1 < N ? 2 : 1;
+                    const float *mw[2] = {NULL, NULL};
+                    for (int v = 0; v < nw; v++)
+                        mw[v] = dec(qt, W + (size_t)(n + v) * row_bytes, K, wq[v], wl[v], mwb[v]) ? mwb[v] : NULL;
+                    float out[64];
                     for (int g = t0; g < t1; g += 2) {
                         const int ng = t1 - g >= 2 ? 2 : 1;
-                        gemm_v512(wq, wl, has_m ? mw : NULL, K, G, &pk, g, ng, out);
-                        for (int l = 0; l < 16 * ng; l++) {
-                            const int r = 16 * g + l;
-                            if (r < B) y[(size_t)r * N + n] = out[l];
-                        }
+                        gemm_v512((const int8_t *const *)wq, (const float *const *)wl, mw, nw, K, G, &pk, g, ng, out);
+                        for (int v = 0; v < nw; v++)
+                            for (int l = 0; l < 16 * ng; l++) {
+                                const int r = 16 * g + l;
+                                if (r < B) y[(size_t)r * N + n + v] = out[32 * v + l];
+                            }
                     }
                 }
             }
         }
-        free(wq); free(wl); free(mw);
+        for (int v = 0; v < 2; v++) { free(wq[v]); free(wl[v]); free(mwb[v]); }
     }
     pack_free(&pk);
     return 1;
