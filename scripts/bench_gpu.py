@@ -14,10 +14,16 @@ The synthetic-model writer (:func:`write_synthetic_gguf`) is also used by the te
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -163,3 +169,224 @@ def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, 
         w.write_tensor_data(make(name, qt, shp))
     w.close()
     return path
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def cpu_read_bandwidth(threads: int, gib: float = 1.0) -> float:
+    """Measured CPU read bandwidth in GB/s (a parallel Numba reduction over a large array)."""
+    import numba
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=False)
+    def _sum(a: np.ndarray) -> float:  # pragma: no cover - jitted
+        s = 0.0
+        for i in prange(a.size):
+            s += a[i]
+        return s
+
+    numba.set_num_threads(threads)
+    a = np.ones(int(gib * (1 << 30)) // 8, np.float64)
+    _sum(a[:1024])
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _sum(a)
+        best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best / 1e9
+
+
+@dataclass
+class Result:
+    """One row of the table."""
+
+    shape: str
+    variant: str
+    prefill_tps: float
+    decode_tps: float
+    note: str = ""
+    ffn_gbps: float = float("nan")
+
+
+def _time_edgerun(path: Path, placement: str, prompt: int, gen: int, threads: int,
+                  vram_budget: int | None) -> tuple[float, float, float, dict[str, Any]]:
+    """(prefill tok/s, decode tok/s, CPU FFN GB/s during decode, plan totals) of one placement."""
+    from edgerun.runtime.hybrid import make_runner
+    from edgerun.runtime.runner import SeqInput
+
+    n_ctx = prompt + gen + 32
+    r = make_runner(path, placement=placement, vram_budget=vram_budget, n_ctx=n_ctx, n_threads=threads,
+                    num_blocks=-(-n_ctx // 16) + 1)
+    plan = getattr(r, "plan", None)
+    inner = r.model.model if hasattr(r.model, "gpu") else r.model
+    ffn_time = [0.0]
+
+    def timed(fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            y = fn(*a, **k)
+            ffn_time[0] += time.perf_counter() - t0
+            return y
+        return wrapper
+
+    # instance attributes: the classes stay untouched (fused native FFN or the numpy ffn_block)
+    inner.ffn_block = timed(inner.ffn_block)
+    if getattr(inner.backend, "ffn", None) is not None:
+        inner.backend.ffn = timed(inner.backend.ffn)
+    rng = np.random.default_rng(0)
+    vocab = r.args.vocab_size
+    table = r.contiguous_table(n_ctx - 16)
+    warm = rng.integers(3, vocab, 16).astype(np.int32)
+    r.forward([SeqInput(warm, 0, table)])  # compile / upload / warm-up
+    toks = rng.integers(3, vocab, prompt).astype(np.int32)
+    t0 = time.perf_counter()
+    r.forward([SeqInput(toks, 0, table)])
+    t_prefill = time.perf_counter() - t0
+    ffn_time[0] = 0.0
+    pos = prompt
+    t0 = time.perf_counter()
+    for _ in range(gen):
+        r.forward([SeqInput(np.array([5], np.int32), pos, table)])
+        pos += 1
+    t_dec = time.perf_counter() - t0
+    ffn_bytes = 0
+    if plan is not None:
+        ffn_bytes = sum(t.bytes for t in plan.tensors.values() if t.group == "ffn" and t.device == "cpu")
+    else:
+        with_gf = r.gguf
+        ffn_bytes = sum(t.nbytes for n, t in with_gf.tensors.items() if ".ffn_" in n)
+    gbps = ffn_bytes * gen / ffn_time[0] / 1e9 if ffn_time[0] > 0 and ffn_bytes else float("nan")
+    totals = plan.totals if plan is not None else {"cpu": 0, "gpu": 0}
+    return prompt / t_prefill, gen / t_dec, gbps, totals
+
+
+def _llama_bench(binary: str, path: Path, prompt: int, gen: int, reps: int, threads: int,
+                 extra: list[str]) -> tuple[float, float]:
+    """(prefill tok/s, decode tok/s) from llama-bench's JSON output."""
+    cmd = [binary, "-m", str(path), "-p", str(prompt), "-n", str(gen), "-r", str(reps), "-t", str(threads),
+           "-o", "json", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"llama-bench failed: {out.stderr[-2000:]}")
+    rows = json.loads(out.stdout)
+    pp = next((float(x["avg_ts"]) for x in rows
+               if int(x.get("n_prompt", 0)) > 0 and int(x.get("n_gen", 0)) == 0), float("nan"))
+    tg = next((float(x["avg_ts"]) for x in rows
+               if int(x.get("n_gen", 0)) > 0 and int(x.get("n_prompt", 0)) == 0), float("nan"))
+    return pp, tg
+
+
+def _check(path: Path, threads: int) -> str:
+    """Max relative logit error of hybrid and gpu placements vs the CPU backend on a short prompt."""
+    from edgerun.runtime.hybrid import make_runner
+    from edgerun.runtime.runner import Runner, SeqInput
+
+    toks = np.arange(3, 35, dtype=np.int32)
+    cpu = Runner(path, n_ctx=128, n_threads=threads, num_blocks=16)
+    want = cpu.forward([SeqInput(toks, 0, cpu.contiguous_table(len(toks)))])[0]
+    msgs = []
+    for placement in ("hybrid", "gpu"):
+        r = make_runner(path, placement=placement, n_ctx=128, n_threads=threads, num_blocks=16)
+        got = r.forward([SeqInput(toks, 0, r.contiguous_table(len(toks)))])[0]
+        err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-6))
+        msgs.append(f"{placement} rel err {err:.2e} ({type(r).__name__})")
+    return "; ".join(msgs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the synthetic models, check, time every variant and print one table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--llama-bench",
+                    help="path to llama-bench built with CUDA (llama.cpp rows skipped if absent)")
+    ap.add_argument("--shapes", default="qwen1.5b,llama8b,70b", help=f"comma list of {', '.join(SHAPES)}")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "edgerun-bench"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("-p", "--prompt", type=int, default=256)
+    ap.add_argument("-n", "--gen", type=int, default=64)
+    ap.add_argument("-r", "--reps", type=int, default=2)
+    ap.add_argument("--qtype", default="Q4_0", help="weight type of the synthetic models")
+    ap.add_argument("--vram-budget-gb", type=float, default=24.0, help="VRAM cap for the 70B-class shape")
+    ap.add_argument("--max-layers-70b", type=int, default=0,
+                    help="truncate the 70B shape to this many layers (0: all 80; disk and time permitting)")
+    ap.add_argument("--variants", default="cpu,hybrid,gpu")
+    ap.add_argument("--skip-check", action="store_true")
+    args = ap.parse_args(argv)
+
+    import gguf
+
+    qtype = int(gguf.GGMLQuantizationType[args.qtype.upper()])
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    bw = cpu_read_bandwidth(args.threads)
+    print(f"CPU read bandwidth ({args.threads} threads): {bw:.1f} GB/s", flush=True)
+    results: list[Result] = []
+    for key in args.shapes.split(","):
+        shape = SHAPES[key]
+        budget = None
+        if key == "70b":
+            budget = int(args.vram_budget_gb * (1 << 30))
+            if args.max_layers_70b:
+                shape = Shape(**{**shape.__dict__, "n_layers": args.max_layers_70b,
+                                 "name": f"{shape.name} ({args.max_layers_70b} layers)"})
+        path = work / f"{key}-{args.qtype.lower()}-{shape.n_layers}l.gguf"
+        if not path.is_file():
+            t0 = time.perf_counter()
+            write_synthetic_gguf(path, shape, qtype=qtype)
+            print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s",
+                  flush=True)
+        if not args.skip_check:
+            print(f"{shape.name}: check vs CPU backend: {_check(path, args.threads)}", flush=True)
+        for variant in args.variants.split(","):
+            pp, tg, gbps, totals = _time_edgerun(path, variant, args.prompt, args.gen, args.threads, budget)
+            note = f"gpu {totals['gpu'] / 2**30:.1f} GiB" if totals.get("gpu") else ""
+            results.append(Result(shape.name, f"edgerun {variant}", pp, tg, note, gbps))
+            print(f"  {results[-1]}", flush=True)
+        if args.llama_bench:
+            peers = [("llama.cpp -ngl 99 -ot ffn=CPU", ["-ngl", "99", "-ot", "ffn_.*=CPU"]),
+                     ("llama.cpp -ngl 0", ["-ngl", "0"])]
+            if budget is None:
+                peers.append(("llama.cpp -ngl 99", ["-ngl", "99"]))
+            else:  # as many whole layers as the capped VRAM holds, like our gpu mode
+                from edgerun.quant.gguf_file import GGUFFile
+                from edgerun.runtime.planner import plan_for_file
+
+                with GGUFFile(path) as gf:
+                    p = plan_for_file(gf, ctx=args.prompt + args.gen + 32, mode="gpu", vram_budget=budget)
+                ngl = sum(1 for d in p.layers.values() if d["attn"] == "gpu" and d["ffn"] == "gpu")
+                peers.append((f"llama.cpp -ngl {ngl}", ["-ngl", str(ngl)]))
+            for name, extra in peers:
+                try:
+                    pp, tg = _llama_bench(args.llama_bench, path, args.prompt, args.gen, args.reps,
+                                          args.threads, extra)
+                except Exception as e:  # keep the rest of the table
+                    print(f"  {name}: {e}", file=sys.stderr)
+                    pp = tg = float("nan")
+                results.append(Result(shape.name, name, pp, tg))
+                print(f"  {results[-1]}", flush=True)
+
+    # one table: ratios against the llama.cpp peer of each variant
+    def is_peer(variant: str, peer: str) -> bool:
+        if variant == "edgerun hybrid":
+            return peer == "llama.cpp -ngl 99 -ot ffn=CPU"
+        if variant == "edgerun cpu":
+            return peer == "llama.cpp -ngl 0"
+        if variant == "edgerun gpu":
+            return peer.startswith("llama.cpp -ngl") and "-ot" not in peer and peer != "llama.cpp -ngl 0"
+        return False
+
+    print()
+    print(f"{'model':<28} {'variant':<32} {'prefill t/s':>12} {'decode t/s':>11} {'pp ratio':>9} "
+          f"{'tg ratio':>9} {'FFN BW/CPU BW':>14}  note")
+    for r in results:
+        peer = next((x for x in results if x.shape == r.shape and is_peer(r.variant, x.variant)), None)
+        ppr = r.prefill_tps / peer.prefill_tps if peer and peer.prefill_tps > 0 else float("nan")
+        tgr = r.decode_tps / peer.decode_tps if peer and peer.decode_tps > 0 else float("nan")
+        frac = r.ffn_gbps / bw if r.variant in ("edgerun hybrid", "edgerun cpu") else float("nan")
+        print(f"{r.shape:<28} {r.variant:<32} {r.prefill_tps:>12.1f} {r.decode_tps:>11.2f} {ppr:>9.2f} "
+              f"{tgr:>9.2f} {frac:>14.2f}  {r.note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -189,6 +189,15 @@ class HybridModel:
         be.synchronize()
         return stage.copy()
 
+    def cpu_ffn(self, ly: Any, x: np.ndarray) -> np.ndarray:
+        """x + FFN(x) on the CPU: the backend's fused native FFN when it has one, else ffn_block."""
+        m = self.model
+        a = m.args
+        fused = getattr(m.backend, "ffn", None)
+        if fused is not None and ly.post_ffn_norm is None:
+            return fused(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
+        return x + m.ffn_block(ly, x)
+
     def _segments(self) -> list[tuple[int, bool, bool]]:
         """Per layer: (layer, attention on GPU, FFN on GPU)."""
         g = self.gpu
@@ -279,7 +288,7 @@ class HybridModel:
                     x = self._download(xd, "")
                     xd = None
                 x = x + m.attention_block(i, ly, x, b, kv)
-            x = x + m.ffn_block(ly, x)
+            x = self.cpu_ffn(ly, x)
         if xd is not None and not g.head_on_gpu:
             x = self._download(xd, "")
             xd = None
@@ -313,14 +322,14 @@ class HybridModel:
             ly = m.layers[i]
             stage_a = enqueue(0, i)
             if i > 0:
-                xs[1] = xs[1] + m.ffn_block(m.layers[i - 1], xs[1])  # CPU, overlaps A's attention
+                xs[1] = self.cpu_ffn(m.layers[i - 1], xs[1])  # CPU, overlaps A's attention
             be.synchronize()
             xs[0] = stage_a.copy()
             stage_b = enqueue(1, i)
-            xs[0] = xs[0] + m.ffn_block(ly, xs[0])  # CPU, overlaps B's attention
+            xs[0] = self.cpu_ffn(ly, xs[0])  # CPU, overlaps B's attention
             be.synchronize()
             xs[1] = stage_b.copy()
-        xs[1] = xs[1] + m.ffn_block(m.layers[n_layers - 1], xs[1])
+        xs[1] = self.cpu_ffn(m.layers[n_layers - 1], xs[1])
         return np.concatenate(xs, axis=0)
 
     def _head(self, b: SeqBatch, x: np.ndarray | None, xd: Any) -> list[np.ndarray]:

@@ -1,0 +1,253 @@
+"""CUDA backend vs the CPU backend, op by op and end to end (skipped without a GPU and CuPy).
+
+Run on a GPU machine: ``pytest tests/test_cuda_backend.py -q``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgerun.backends import cuda
+from edgerun.backends.base import QTensor
+from edgerun.models.base import apply_rope, attention, rms_norm, rope_cos_sin
+from edgerun.quant.traits import TRAITS, dequantize, quantize
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cuda.available(), reason="needs an NVIDIA GPU and CuPy")]
+
+ROOT = Path(__file__).resolve().parents[1]
+QTYPES = [0, 1, 30, 2, 3, 6, 7, 8, 12, 13, 14]
+
+
+def _bench_module():
+    """scripts/bench_gpu.py as a module (its synthetic GGUF writer)."""
+    if "bench_gpu" in sys.modules:
+        return sys.modules["bench_gpu"]
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def be() -> cuda.CudaBackend:
+    return cuda.CudaBackend()
+
+
+def make_weight(qtype: int, n: int, k: int, seed: int = 0) -> tuple[QTensor, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    name = TRAITS[qtype].name
+    if name == "F16":
+        raw = x.astype(np.float16).view(np.uint8)
+    elif name == "BF16":
+        raw = (x.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    else:
+        raw = quantize(x, qtype)
+    w = QTensor(f"w_{name}", qtype, k, n, raw)
+    ref = raw if name == "F32" else dequantize(raw, qtype, k)
+    return w, ref
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("b", [1, 3, 8, 11, 40])
+def test_matmul(be: cuda.CudaBackend, qtype: int, b: int) -> None:
+    w, ref = make_weight(qtype, 100, 512, seed=qtype)
+    x = np.random.default_rng(b).standard_normal((b, 512)).astype(np.float32)
+    got = be.matmul(w, x)
+    want = x @ ref.T
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_get_rows(be: cuda.CudaBackend, qtype: int) -> None:
+    w, ref = make_weight(qtype, 50, 256, seed=qtype + 1)
+    ids = np.array([0, 7, 49, 7, 3], np.int32)
+    np.testing.assert_allclose(be.get_rows(w, ids), ref[ids], rtol=1e-6, atol=1e-6)
+
+
+def test_matmul_big_batch_chunked(be: cuda.CudaBackend) -> None:
+    w, ref = make_weight(2, 300, 256)
+    old = be.chunk_bytes
+    be.chunk_bytes = 64 * 256 * 4  # 64 rows per chunk
+    try:
+        x = np.random.default_rng(0).standard_normal((33, 256)).astype(np.float32)
+        np.testing.assert_allclose(be.matmul(w, x), x @ ref.T, rtol=2e-4, atol=1e-2)
+    finally:
+        be.chunk_bytes = old
+
+
+@pytest.mark.parametrize("d", [16, 64, 896, 4096])
+def test_rms_norm(be: cuda.CudaBackend, d: int) -> None:
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((5, d)).astype(np.float32)
+    w = rng.standard_normal(d).astype(np.float32)
+    np.testing.assert_allclose(be.rms_norm(x, w, 1e-6), rms_norm(x, w, 1e-6), rtol=1e-4, atol=1e-5)
+
+
+def test_qk_norm(be: cuda.CudaBackend) -> None:
+    cp = be.cp
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((3, 8, 64)).astype(np.float32)
+    k = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    wq, wk = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    qd, kd = cp.asarray(q), cp.asarray(k)
+    be.synchronize()
+    be.qk_norm_dev(qd, kd, be.vector(wq), be.vector(wk), 1e-6)
+    np.testing.assert_allclose(be.to_host(qd), rms_norm(q, wq, 1e-6), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(be.to_host(kd), rms_norm(k, wk, 1e-6), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_rope(be: cuda.CudaBackend, neox: bool, scale: float) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 4, 64)).astype(np.float32)
+    pos = np.array([0, 1, 2, 100, 4095, 30000])
+    cos, sin = rope_cos_sin(pos * scale, 64, 1e6)
+    want = apply_rope(x, cos, sin, neox)
+    np.testing.assert_allclose(be.rope(x, pos, 1e6, neox, scale), want, rtol=1e-4, atol=1e-4)
+
+
+def _paged_case(rng: np.random.Generator, ctx_lens: list[int], bs: int, kvh: int, hd: int):
+    n_blocks = sum(-(-c // bs) for c in ctx_lens) + 3
+    perm = rng.permutation(n_blocks)
+    kc = rng.standard_normal((n_blocks * bs, kvh, hd)).astype(np.float32)
+    vc = rng.standard_normal((n_blocks * bs, kvh, hd)).astype(np.float32)
+    max_blocks = max(-(-c // bs) for c in ctx_lens)
+    tables = np.zeros((len(ctx_lens), max_blocks), np.int32)
+    used = 0
+    for j, c in enumerate(ctx_lens):
+        nb = -(-c // bs)
+        tables[j, :nb] = perm[used: used + nb]
+        used += nb
+    return kc, vc, tables
+
+
+def _slots(table: np.ndarray, n: int, bs: int) -> np.ndarray:
+    p = np.arange(n)
+    return table[p // bs].astype(np.int64) * bs + p % bs
+
+
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("n_split", [1, 3, None])
+def test_paged_decode_attention(be: cuda.CudaBackend, window: int, n_split: int | None) -> None:
+    rng = np.random.default_rng(3)
+    bs, h, kvh, hd = 16, 8, 2, 64
+    ctx = [1, 17, 300, 1000]
+    kc, vc, tables = _paged_case(rng, ctx, bs, kvh, hd)
+    q = rng.standard_normal((len(ctx), h, hd)).astype(np.float32)
+    pos = np.array([c - 1 for c in ctx])
+    got = be.paged_attention(q, kc, vc, np.arange(len(ctx)), pos, tables, bs, 0.125, window, n_split)
+    for j, c in enumerate(ctx):
+        sl = _slots(tables[j], c, bs)
+        want = attention(q[j: j + 1], kc[sl], vc[sl], pos[j: j + 1], 0.125, window)
+        np.testing.assert_allclose(got[j], want[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [0, 7])
+@pytest.mark.parametrize("hd", [64, 128, 256])
+def test_paged_prefill_attention(be: cuda.CudaBackend, window: int, hd: int) -> None:
+    rng = np.random.default_rng(4)
+    bs, h, kvh = 16, 4, 1
+    start, t = 20, 45  # 20 cached tokens, 45 new ones
+    kc, vc, tables = _paged_case(rng, [start + t], bs, kvh, hd)
+    q = rng.standard_normal((t, h, hd)).astype(np.float32)
+    pos = np.arange(start, start + t)
+    sl = _slots(tables[0], start + t, bs)
+    want = attention(q, kc[sl], vc[sl], pos, 1 / np.sqrt(hd), window)
+    for prefill in (True, False):
+        got = be.paged_attention(q, kc, vc, np.zeros(t, np.int32), pos, tables, bs, 1 / np.sqrt(hd), window,
+                                 prefill=prefill)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_kv_write(be: cuda.CudaBackend) -> None:
+    cp = be.cp
+    rng = np.random.default_rng(5)
+    kc = cp.zeros((64, 2, 16), cp.float32)
+    vc = cp.zeros((64, 2, 16), cp.float32)
+    k = rng.standard_normal((5, 2, 16)).astype(np.float32)
+    v = rng.standard_normal((5, 2, 16)).astype(np.float32)
+    slots = np.array([3, 40, 41, 0, 63], np.int32)
+    be.synchronize()
+    be.kv_write_dev(kc, vc, cp.asarray(k), cp.asarray(v), cp.asarray(slots))
+    kh, vh = be.to_host(kc), be.to_host(vc)
+    np.testing.assert_array_equal(kh[slots], k)
+    np.testing.assert_array_equal(vh[slots], v)
+    assert np.count_nonzero(kh) == k.size - np.count_nonzero(k == 0)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def synth_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    bench = _bench_module()
+    shape = bench.Shape(f"synth-{request.param}", request.param, 3, 256, 512, 4, 2, 600,
+                        qkv_bias=request.param == "qwen2", tied=request.param == "qwen2", ctx=512)
+    return bench.write_synthetic_gguf(tmp_path_factory.mktemp("e2e") / f"{request.param}.gguf", shape,
+                                      qtype=12 if request.param == "llama" else 2, seed=1)
+
+
+def _steps(runner, n_decode: int = 4) -> list[np.ndarray]:
+    from edgerun.runtime.runner import SeqInput
+
+    bs = runner.block_size
+    lens = [7, 21, 3]
+    tables = [np.arange(j * 8, j * 8 + 8, dtype=np.int32) for j in range(len(lens))]
+    rng = np.random.default_rng(0)
+    toks = [rng.integers(3, runner.args.vocab_size, n).astype(np.int32) for n in lens]
+    out = runner.forward([SeqInput(t, 0, tb[: -(-len(t) // bs)], want_all_logits=True)
+                          for t, tb in zip(toks, tables, strict=True)])
+    pos = list(lens)
+    for step in range(n_decode):
+        nxt = [np.array([(step * 31 + j * 7) % runner.args.vocab_size], np.int32) for j in range(len(lens))]
+        out += runner.forward([SeqInput(t, p, tb) for t, p, tb in zip(nxt, pos, tables, strict=True)])
+        pos = [p + 1 for p in pos]
+    return out
+
+
+@pytest.mark.parametrize("setup", [
+    dict(placement="hybrid"), dict(placement="auto"), dict(placement="gpu"),
+    dict(placement="hybrid", overlap=False), dict(placement="hybrid", graphs=False),
+    dict(placement="auto", overrides=[r"blk\.1\.=cpu"]),
+    dict(placement="auto", overrides=[r"blk\.[02]\.ffn=cpu", r"output=cpu"]),
+])
+def test_end_to_end_matches_cpu(synth_model: Path, setup: dict) -> None:
+    from edgerun.runtime.hybrid import HybridRunner, make_runner
+    from edgerun.runtime.runner import Runner
+
+    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference")
+    want = _steps(cpu)
+    hy = make_runner(synth_model, vram_bytes=8 << 30, n_ctx=256, num_blocks=32, block_size=16,
+                     backend="reference", **setup)
+    assert isinstance(hy, HybridRunner) and hy.plan.uses_gpu
+    got = _steps(hy)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
+
+
+def test_tight_plan_mixes_layers(synth_model: Path) -> None:
+    from edgerun.runtime.hybrid import HybridRunner
+    from edgerun.runtime.planner import plan_placement
+    from edgerun.runtime.runner import Runner
+
+    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference")
+    a = cpu.args
+    full = plan_placement(cpu.gguf, a.n_layers, a.n_kv_heads, a.head_dim, ctx=512, vram_bytes=8 << 30)
+    layer0 = sum(t.bytes for t in full.tensors.values() if t.layer == 0 and t.group == "attn")
+    usable = layer0 + full.kv_layer_bytes + 1024
+    plan = plan_placement(cpu.gguf, a.n_layers, a.n_kv_heads, a.head_dim, ctx=512,
+                          vram_bytes=int((usable + (256 << 20)) / 0.95) + 2)
+    assert [plan.layers[i]["attn"] for i in range(3)] == ["gpu", "cpu", "cpu"]
+    hy = HybridRunner(synth_model, plan=plan, n_ctx=256, num_blocks=32, block_size=16, backend="reference")
+    for g, w in zip(_steps(hy), _steps(cpu), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
