@@ -1353,8 +1353,8 @@ __attribute__((unused)) static int pack_acts(pack_t *pk, const act_t *A, int B, 
 /* NW weight rows (decoded) x NG groups of 16 activation rows; out[w][16*NG] */
 T_V512 AI void gemm_v512_g(const int8_t *const *w, const float *const *wl, const float *const *mw, const int NW, int K,
                            const int G, const pack_t *pk, int g0, const int NG, float *out) {
-    __m512 facc[2][2];
-    __m512i iacc[2][2];
+    __m512 facc[4][2];
+    __m512i iacc[4][2];
     const int nbk = K / G;
     const int8_t *P[2];
     const int32_t *NS[2];
@@ -1371,7 +1371,7 @@ T_V512 AI void gemm_v512_g(const int8_t *const *w, const float *const *wl, const
             for (int v = 0; v < NW; v++) iacc[v][gg] = ns;
         }
         for (int j = 0; j < G / 4; j++) {
-            __m512i bw[2];
+            __m512i bw[4];
             for (int v = 0; v < NW; v++) {
                 uint32_t w4;
                 memcpy(&w4, w[v] + blk * G + 4 * j, 4);
@@ -1405,13 +1405,19 @@ T_V512 AI void gemm_v512_g(const int8_t *const *w, const float *const *wl, const
 T_V512 static void gemm_v512(const int8_t *const *w, const float *const *wl, const float *const *mw, int nw, int K,
                              int G, const pack_t *pk, int g0, int ng, float *out) {
 #define GV(NW_, G_, NG_) gemm_v512_g(w, wl, mw, NW_, K, G_, pk, g0, NG_, out)
-    if (G == 32) {
-        if (nw == 2) { if (ng == 2) GV(2, 32, 2); else GV(2, 32, 1); }
-        else { if (ng == 2) GV(1, 32, 2); else GV(1, 32, 1); }
-    } else {
-        if (nw == 2) { if (ng == 2) GV(2, 16, 2); else GV(2, 16, 1); }
-        else { if (ng == 2) GV(1, 16, 2); else GV(1, 16, 1); }
+#define GVN(G_, NG_)                                \
+    switch (nw) {                                   \
+    case 4: GV(4, G_, NG_); break;                  \
+    case 3: GV(3, G_, NG_); break;                  \
+    case 2: GV(2, G_, NG_); break;                  \
+    default: GV(1, G_, NG_); break;                 \
     }
+    if (G == 32) {
+        if (ng == 2) { GVN(32, 2) } else { GVN(32, 1) }
+    } else {
+        if (ng == 2) { GVN(16, 2) } else { GVN(16, 1) }
+    }
+#undef GVN
 #undef GV
 }
 #endif
@@ -1431,22 +1437,28 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
     const int GT = 4; /* row groups per tile: 64 activation rows stay in L2 */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        int8_t *wq[2] = {amalloc((size_t)K), amalloc((size_t)K)};
-        float *wl[2] = {amalloc((size_t)K), amalloc((size_t)K)};
-        float *mwb[2] = {amalloc((size_t)K / 4 + 64), amalloc((size_t)K / 4 + 64)};
-        if (!wq[0] || !wq[1] || !wl[0] || !wl[1] || !mwb[0] || !mwb[1]) {
+        int8_t *wq[4];
+        float *wl[4], *mwb[4];
+        int ok = 1;
+        for (int v = 0; v < 4; v++) {
+            wq[v] = amalloc((size_t)K);
+            wl[v] = amalloc((size_t)K);
+            mwb[v] = amalloc((size_t)K / 4 + 64);
+            ok = ok && wq[v] && wl[v] && mwb[v];
+        }
+        if (!ok) {
             *err = -2;
         } else {
-            const int NP = (N + 1) / 2;
+            const int NP = (N + 3) / 4;
             for (int t0 = 0; t0 < pk.ngroups; t0 += GT) {
                 const int t1 = t0 + GT < pk.ngroups ? t0 + GT : pk.ngroups;
 #pragma omp for schedule(static)
                 for (int np = 0; np < NP; np++) {
-                    const int n = 2 * np, nw = n + 1 < N ? 2 : 1;
-                    const float *mw[2] = {NULL, NULL};
+                    const int n = 4 * np, nw = N - n < 4 ? N - n : 4;
+                    const float *mw[4] = {NULL, NULL, NULL, NULL};
                     for (int v = 0; v < nw; v++)
                         mw[v] = dec(qt, W + (size_t)(n + v) * row_bytes, K, wq[v], wl[v], mwb[v]) ? mwb[v] : NULL;
-                    float out[64];
+                    float out[128];
                     for (int g = t0; g < t1; g += 2) {
                         const int ng = t1 - g >= 2 ? 2 : 1;
                         gemm_v512((const int8_t *const *)wq, (const float *const *)wl, mw, nw, K, G, &pk, g, ng, out);
@@ -1459,7 +1471,7 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
                 }
             }
         }
-        for (int v = 0; v < 2; v++) { free(wq[v]); free(wl[v]); free(mwb[v]); }
+        for (int v = 0; v < 4; v++) { free(wq[v]); free(wl[v]); free(mwb[v]); }
     }
     pack_free(&pk);
     return 1;
