@@ -391,3 +391,25 @@ async def test_ctrl_b_toggles_side_panel():
         assert not app.chat.stats.display
         await pilot.press("ctrl+b")
         assert app.chat.stats.display
+
+
+async def test_pull_progress_shows_in_side_panel():
+    class Pulling(ScriptedBackend):
+        def load(self, progress_cb):
+            for done in (0, 50_000_000, 100_000_000):
+                progress_cb(done, 200_000_000, "download")
+            import time
+
+            time.sleep(0.5)
+            super().load(progress_cb)
+
+    app = make_app(backend=Pulling())
+    async with app.run_test(size=(110, 36)) as pilot:
+        for _ in range(50):
+            await pilot.pause(0.02)
+            if "downloading" in str(app.chat.stats.query_one("#load-stage").render()):
+                break
+        assert "MB" in str(app.chat.stats.query_one("#load-stage").render())
+        assert app.chat.stats.query_one("#load-bar").display
+        await wait_idle(app, pilot)
+        assert not app.chat.stats.query_one("#load-bar").display

@@ -153,7 +153,8 @@ class ChatApp(App):
         stats = self.chat.stats
         stats.set_model(self.model_name, str(info.get("backend", "")))
         stats.set_progress(1, 1, "ready")
-        stats.set_placement(info.get("placement") or {})
+        remote = str(info.get("backend", "")).startswith("http")
+        stats.set_placement(info.get("placement") or {}, remote=remote)
         stats.set_generation({"n_ctx": info.get("n_ctx"), "ctx_used": info.get("ctx_used")})
         self.chat.last_stats = {"n_ctx": info.get("n_ctx"), "ctx_used": info.get("ctx_used")}
         self.chat.model_ready()

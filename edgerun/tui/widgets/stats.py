@@ -28,11 +28,11 @@ def _rows(rows: list[tuple[str, str]]) -> Table:
     return t
 
 
-def placement_text(placement: dict[int, dict[str, str]], width: int = 24) -> Text:
+def placement_text(placement: dict[int, dict[str, str]], width: int = 24, remote: bool = False) -> Text:
     """Two rows (attn, ffn) of one cell per layer: G on the GPU (green), C on the CPU (blue)."""
     out = Text()
     if not placement:
-        out.append("not reported", style="dim")
+        out.append("decided by the server" if remote else "not reported yet", style="dim")
         return out
     layers = sorted(placement)
     chunk = max(8, (width - 6) // 9 * 8)
@@ -89,7 +89,7 @@ class StatsPanel(VerticalScroll):
 
     def set_model(self, name: str, backend: str = "") -> None:
         """Show the model's name (and where it runs)."""
-        text = Text(name, style="bold")
+        text = Text(name, style="bold", no_wrap=True, overflow="ellipsis")
         if backend:
             text.append(f"\n{backend}", style="dim")
         self.query_one("#model-name", Static).update(text)
@@ -126,9 +126,9 @@ class StatsPanel(VerticalScroll):
         rows = [(k, s.get(k, "–")) for k in ("CPU", "RAM", "GPU", "VRAM")]
         self.query_one("#sys", Static).update(_rows(rows))
 
-    def set_placement(self, placement: dict[int, dict[str, str]]) -> None:
-        """Show the per-layer attention/FFN placement."""
-        self.query_one("#placement", Static).update(placement_text(placement))
+    def set_placement(self, placement: dict[int, dict[str, str]], remote: bool = False) -> None:
+        """Show the per-layer attention/FFN placement (`remote`: a server decides it)."""
+        self.query_one("#placement", Static).update(placement_text(placement, remote=remote))
 
 
 class SystemProbe:
