@@ -1435,7 +1435,7 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
     if (pack_acts(&pk, A, B, K, G)) { pack_free(&pk); *err = -2; return 1; }
     const int nt = nthreads();
     const int GT = 4; /* row groups per tile: 64 activation rows stay in L2 */
-#pragma omp parallel num_threads(nt) if (nt > 1)
+#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)N * K * B >= (1 << 19))
     {
         int8_t *wq[4];
         float *wl[4], *mwb[4];
@@ -1501,7 +1501,7 @@ static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int 
     core_fn core;
     pick_q(&dec, &core);
     const int nt = nthreads();
-    const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 16);
+    const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 19);
     int err = 0;
     const fused_fn fz = use_fused(qt, B) ? pick_fused(qt) : NULL;
     act_t A2;
@@ -1668,7 +1668,7 @@ static int matmul_f(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, c
     if (g_isa >= ISA_AVX512VNNI) core = fcore_v512;
 #endif
     const int nt = nthreads();
-    const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 16);
+    const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 19);
     const int bt = 16;
 #pragma omp parallel num_threads(nt) if (par)
     for (int b0 = 0; b0 < B; b0 += bt) {
@@ -1714,7 +1714,7 @@ ER_API int er_get_rows(int qt, const void *W, int64_t row_bytes, int K, const in
     (void)core;
     const int nt = nthreads();
     int err = 0;
-#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)T * K >= (1 << 16))
+#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)T * K >= (1 << 18))
     {
         int8_t *wq = amalloc((size_t)K);
         float *wl = amalloc((size_t)K);
@@ -1740,7 +1740,7 @@ ER_API int er_get_rows(int qt, const void *W, int64_t row_bytes, int K, const in
 
 ER_API void er_rms_norm(const float *x, const float *w, float *out, int R, int D, float eps) {
     const int nt = nthreads();
-#pragma omp parallel for num_threads(nt) if (nt > 1 && (int64_t)R * D >= (1 << 16))
+#pragma omp parallel for num_threads(nt) if (nt > 1 && (int64_t)R * D >= (1 << 18))
     for (int r = 0; r < R; r++) {
         const float *xr = x + (size_t)r * D;
         float *o = out + (size_t)r * D;
@@ -1756,7 +1756,7 @@ ER_API void er_rms_norm(const float *x, const float *w, float *out, int R, int D
 ER_API void er_rope(float *x, const int32_t *pos, int T, int H, int D, int n_rot, float theta_base, int neox) {
     const int half = n_rot / 2;
     const int nt = nthreads();
-#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)T * H * D >= (1 << 16))
+#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)T * H * D >= (1 << 18))
     {
         float *cs = malloc(sizeof(float) * 2 * (half > 0 ? half : 1));
 #pragma omp for schedule(static)
@@ -1782,7 +1782,7 @@ ER_API void er_rope(float *x, const int32_t *pos, int T, int H, int D, int n_rot
 
 ER_API void er_softmax(float *x, int R, int D) {
     const int nt = nthreads();
-#pragma omp parallel for num_threads(nt) if (nt > 1 && (int64_t)R * D >= (1 << 16))
+#pragma omp parallel for num_threads(nt) if (nt > 1 && (int64_t)R * D >= (1 << 18))
     for (int r = 0; r < R; r++) {
         float *v = x + (size_t)r * D;
         float m = -INFINITY;
@@ -1800,7 +1800,7 @@ AI float gelu_tanh(float g) { return 0.5f * g * (1.f + tanhf(0.7978845608028654f
 /* act: 0 = silu, 1 = gelu (tanh) */
 ER_API void er_act_gate(const float *g, const float *u, float *out, int64_t n, int act) {
     const int nt = nthreads();
-#pragma omp parallel for num_threads(nt) if (nt > 1 && n >= (1 << 16))
+#pragma omp parallel for num_threads(nt) if (nt > 1 && n >= (1 << 18))
     for (int64_t i = 0; i < n; i++) out[i] = (act ? gelu_tanh(g[i]) : silu(g[i])) * u[i];
 }
 

@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(NAMES))
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--min-time", type=float, default=0.3, help="seconds per cell (best kept)")
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
     args = ap.parse_args()
     if not nv.available():
@@ -75,7 +76,7 @@ def main() -> None:
             x = rng.standard_normal((args.batch, k), dtype=np.float32)
             for t in threads:
                 nv.set_threads(t)
-                dt = bench(lambda w=w, x=x, qt=qt: nv.matmul(qt, w, x))
+                dt = bench(lambda w=w, x=x, qt=qt: nv.matmul(qt, w, x), args.min_time, 100000)
                 row += f"{w.nbytes / dt / 1e9:7.1f} ({dt * 1e6:6.0f}us)".rjust(18)
             del w
         print(row, flush=True)

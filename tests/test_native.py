@@ -135,6 +135,23 @@ def test_matmul_prefill_batches(qt: int) -> None:
                 assert np.abs(y - ref).max() / scale < 2e-5, (qt, n, k, b)
 
 
+@pytest.mark.parametrize("qt", QUANT + FLOAT)
+def test_threads_agree(qt: int) -> None:
+    """Shapes big enough for the multi-threaded paths give the same numbers as one thread."""
+    rng = np.random.default_rng(200 + qt)
+    n, k = 263, 2048
+    w = make_weight(qt, n, k, rng)
+    for b in (1, 3, 12):
+        x = rng.standard_normal((b, k)).astype(np.float32)
+        nv.set_threads(1)
+        y1 = nv.matmul(qt, w, x)
+        nv.set_threads(2)
+        y2 = nv.matmul(qt, w, x)
+        np.testing.assert_array_equal(y1, y2)
+    ids = rng.integers(0, n, 300)
+    np.testing.assert_array_equal(nv.get_rows(qt, w, ids, k), ref_weight(qt, w, k)[ids])
+
+
 def test_matvec_1d_and_large_batch() -> None:
     rng = np.random.default_rng(1)
     k, n = 512, 40
