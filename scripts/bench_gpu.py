@@ -59,17 +59,17 @@ SHAPES: dict[str, Shape] = {
 }
 
 
-def _random_blocks(rng: np.random.Generator, qtype: int, n: int, k: int) -> np.ndarray:
-    """(n, row_bytes) uint8 of random blocks with sane scales (or float32 (n, k) for F32)."""
+def _random_blocks(rng: np.random.Generator, qtype: int, n: int, k: int, gain: float = 1.0) -> np.ndarray:
+    """(n, row_bytes) uint8 of random blocks with sane scales times ``gain`` (float32 (n, k) for F32)."""
     from edgerun.quant.traits import TRAITS, row_bytes
 
     t = TRAITS[qtype]
     if t.name == "F32":
-        return (rng.standard_normal((n, k), dtype=np.float32) * 0.05).astype(np.float32)
+        return (rng.standard_normal((n, k), dtype=np.float32) * 0.05 * gain).astype(np.float32)
     if t.name == "F16":
-        return (rng.standard_normal((n, k), dtype=np.float32) * 0.05).astype(np.float16).view(np.uint8)
+        return (rng.standard_normal((n, k), dtype=np.float32) * 0.05 * gain).astype(np.float16).view(np.uint8)
     if t.name == "BF16":
-        v = (rng.standard_normal((n, k), dtype=np.float32) * 0.05).view(np.uint32)
+        v = (rng.standard_normal((n, k), dtype=np.float32) * 0.05 * gain).view(np.uint32)
         return (v >> 16).astype(np.uint16).view(np.uint8).reshape(n, 2 * k)
     rb = row_bytes(qtype, k)
     raw = rng.integers(0, 256, size=(n, rb), dtype=np.uint8)
@@ -81,13 +81,18 @@ def _random_blocks(rng: np.random.Generator, qtype: int, n: int, k: int) -> np.n
         scale /= 64.0
     for f in ("d", "dmin", "m"):
         if f in t.dtype.names:
-            blocks[f] = np.float16(scale)
+            blocks[f] = np.float16(scale * gain)
     return raw
 
 
 def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, seed: int = 0,
-                         norm_qtype: int = 0, head_qtype: int | None = None) -> Path:
+                         norm_qtype: int = 0, head_qtype: int | None = None, gain: float = 1.0,
+                         exact: bool = False) -> Path:
     """Write a runnable synthetic GGUF of ``shape`` (weights ``qtype``, norms F32) with an SPM vocab.
+
+    ``gain`` scales every weight (tests use a large one so attention is peaked, not uniform).
+    ``exact``: quantize zero-mean normal weights with the reference quantizers (slow; for tests)
+    instead of writing random blocks (fast; real shapes for timing).
 
     Tensors are streamed to disk one at a time, so the file may be larger than RAM would like.
     """
@@ -150,7 +155,11 @@ def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, 
             if name.endswith("norm.weight"):
                 return (1.0 + 0.1 * rng.standard_normal(shp[0])).astype(np.float32)
             return (0.1 * rng.standard_normal(shp[0])).astype(np.float32)
-        return _random_blocks(rng, qt, shp[1], shp[0])
+        if exact and qt not in (0, 1, 30):
+            from edgerun.quant.traits import quantize
+
+            return quantize(rng.standard_normal((shp[1], shp[0])).astype(np.float32) * 0.05 * gain, qt)
+        return _random_blocks(rng, qt, shp[1], shp[0], gain)
 
     for name, qt, shp in specs:
         t = TRAITS[qt]
