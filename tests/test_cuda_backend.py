@@ -484,7 +484,6 @@ def test_glue_end_to_end_with_fake_cupy(fake_cupy, synth_model: Path, setup: dic
 
 def test_glue_graphs_replay_with_fake_cupy(fake_cupy, synth_model: Path) -> None:
     from edgerun.runtime.hybrid import make_runner
-
     from edgerun.runtime.runner import Runner
 
     want = _steps(Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference"), 6)
