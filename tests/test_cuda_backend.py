@@ -450,7 +450,7 @@ def _fake_cupy():
         def __init__(self, name):
             self.name = name
 
-        def __call__(self, grid, block, args, stream=None):
+        def __call__(self, grid, block, args, *, shared_mem=0):
             run_or_record(lambda: emulate(self.name, grid, args))
 
     class RawModule:

@@ -123,7 +123,12 @@ static inline float emu_h2f(unsigned short h) {
     unsigned s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023, u;
     if (e == 0) {
         if (m == 0) u = s << 31;
-        else { e = 127 - 15 + 1; while (!(m & 1024)) { m <<= 1; e--; } m &= 1023; u = (s << 31) | (e << 23) | (m << 13); }
+        else {
+            e = 127 - 15 + 1;
+            while (!(m & 1024)) { m <<= 1; e--; }
+            m &= 1023;
+            u = (s << 31) | (e << 23) | (m << 13);
+        }
     } else if (e == 31) u = (s << 31) | (255u << 23) | (m << 13);
     else u = (s << 31) | ((e - 15 + 127) << 23) | (m << 13);
     return __uint_as_float(u);
@@ -148,7 +153,8 @@ int main(int argc, char** argv) {
     float* out = (float*)malloc(nbytes * 16);
     long n = 0;
     switch (qt) {
-#define CASE(Q) case Q: n = nbytes / QTraits<Q>::TS * QTraits<Q>::BS; run<Q>(in, out, nbytes / QTraits<Q>::TS); break;
+#define CASE(Q) case Q: n = nbytes / QTraits<Q>::TS * QTraits<Q>::BS; \
+                        run<Q>(in, out, nbytes / QTraits<Q>::TS); break;
         CASE(QT_F32) CASE(QT_F16) CASE(QT_BF16) CASE(QT_Q4_0) CASE(QT_Q4_1) CASE(QT_Q5_0) CASE(QT_Q5_1)
         CASE(QT_Q8_0) CASE(QT_Q4_K) CASE(QT_Q5_K) CASE(QT_Q6_K)
         default: return 2;

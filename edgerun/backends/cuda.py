@@ -127,8 +127,10 @@ class CudaBackend:
         return k
 
     def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple[Any, ...]) -> None:
-        """Launch kernel ``name`` on the backend's stream."""
-        self.kernel(name)(grid, block, args, stream=self.stream)
+        """Launch kernel ``name`` on the backend's stream (RawKernel launches on the current stream)."""
+        k = self.kernel(name)
+        with self.stream:
+            k(grid, block, args)
 
     def buf(self, key: str, shape: tuple[int, ...], dtype: Any = np.float32) -> Any:
         """A reusable device buffer (grown, never shrunk); contents undefined."""
@@ -182,7 +184,10 @@ class CudaBackend:
         """Copy a device array to a new host array (synchronises the stream)."""
         out = np.empty(d.shape, d.dtype)
         stage = self.pinned("to_host", d.shape, d.dtype)
-        self.d2h(stage, self.cp.ascontiguousarray(d) if not d.flags.c_contiguous else d)
+        if not d.flags.c_contiguous:
+            with self.stream:
+                d = self.cp.ascontiguousarray(d)
+        self.d2h(stage, d)
         self.stream.synchronize()
         out[...] = stage
         return out
