@@ -14,6 +14,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "blocks.h"
 
@@ -102,12 +107,157 @@ static void detect_isa(void) {
     g_isa = isa;
 }
 
+
+/* ------------------------------------------------------------ thread pool
+ * A small persistent pool for the latency-critical small-batch kernels.  Work is split into
+ * chunks claimed with one atomic (generation << 32 | next chunk); the calling thread takes part,
+ * and a call returns as soon as every chunk is done -- a worker that has not been scheduled yet
+ * (busy desktop, oversubscribed cores) is simply not waited for, unlike a fork-join barrier.
+ * Workers spin briefly after a job, then sleep on a condition variable. */
+
+typedef void (*task_fn)(void *ctx, int i0, int i1);
+
+#define ER_MAX_WORKERS 255
+static struct {
+    pthread_mutex_t mu;      /* guards sleeping / cv */
+    pthread_cond_t cv;
+    pthread_mutex_t run_mu;  /* one job at a time */
+    int nworkers;
+    _Atomic uint64_t state;  /* gen << 32 | next chunk */
+    _Atomic uint32_t gen_pub;
+    _Atomic int done;
+    _Atomic int sleeping;
+    task_fn fn;
+    void *ctx;
+    int n, chunk, nchunks, nactive;
+    uint32_t gen;
+} P = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, NULL, NULL,
+       0, 0, 0, 0, 0};
+static int g_use_pool = 1;
+static _Atomic long g_pool_jobs, g_pool_worker_chunks, g_pool_sleeps;
+
+AI void cpu_relax(void) {
+#ifdef ER_X86
+    _mm_pause();
+#endif
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void pool_work(uint32_t g, int worker) {
+    const task_fn fn = P.fn;
+    void *const ctx = P.ctx;
+    const int n = P.n, chunk = P.chunk, nch = P.nchunks;
+    for (;;) {
+        uint64_t v = atomic_load_explicit(&P.state, memory_order_acquire);
+        if ((uint32_t)(v >> 32) != g || (int)(uint32_t)v >= nch) return;
+        if (!atomic_compare_exchange_weak_explicit(&P.state, &v, v + 1, memory_order_acq_rel, memory_order_relaxed))
+            continue;
+        const int i0 = (int)(uint32_t)v * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+        fn(ctx, i0, i1);
+        if (worker) atomic_fetch_add_explicit(&g_pool_worker_chunks, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
+    }
+}
+
+static void *pool_worker(void *arg) {
+    const int id = (int)(intptr_t)arg;
+    uint32_t seen = atomic_load_explicit(&P.gen_pub, memory_order_acquire);
+    for (;;) {
+        uint32_t g;
+        int spins = 0;
+        const double t_spin = now_s();
+        while ((g = atomic_load_explicit(&P.gen_pub, memory_order_acquire)) == seen) {
+            /* spin ~2 ms after the last job (covers the caller's glue code between kernels), then sleep */
+            if ((++spins & 255) || now_s() - t_spin < 2e-3) { cpu_relax(); continue; }
+            pthread_mutex_lock(&P.mu);
+            atomic_fetch_add(&P.sleeping, 1);
+            atomic_fetch_add_explicit(&g_pool_sleeps, 1, memory_order_relaxed);
+            while (atomic_load_explicit(&P.gen_pub, memory_order_acquire) == seen) pthread_cond_wait(&P.cv, &P.mu);
+            atomic_fetch_sub(&P.sleeping, 1);
+            pthread_mutex_unlock(&P.mu);
+            spins = 0;
+        }
+        seen = g;
+        if (id < P.nactive) pool_work(g, 1);
+    }
+    return NULL;
+}
+
+static void pool_atfork_child(void) {
+    /* threads do not survive fork: start over in the child */
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    P.mu = m;
+    P.run_mu = m;
+    P.cv = c;
+    P.nworkers = 0;
+    atomic_store(&P.sleeping, 0);
+}
+
+/* run fn over [0, n) with nt threads (the caller included) */
+static void pool_run(task_fn fn, void *ctx, int n, int nt, int min_chunk) {
+    if (nt > ER_MAX_WORKERS + 1) nt = ER_MAX_WORKERS + 1;
+    if (nt <= 1 || n <= min_chunk || pthread_mutex_trylock(&P.run_mu)) {
+        fn(ctx, 0, n);
+        return;
+    }
+    static int atfork_done = 0;
+    if (!atfork_done) { pthread_atfork(NULL, NULL, pool_atfork_child); atfork_done = 1; }
+    while (P.nworkers < nt - 1) {
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &at, pool_worker, (void *)(intptr_t)P.nworkers)) { pthread_attr_destroy(&at); break; }
+        pthread_attr_destroy(&at);
+        P.nworkers++;
+    }
+    int chunk = (n + 8 * nt - 1) / (8 * nt);
+    if (chunk < min_chunk) chunk = min_chunk;
+    P.fn = fn;
+    P.ctx = ctx;
+    P.n = n;
+    P.chunk = chunk;
+    P.nchunks = (n + chunk - 1) / chunk;
+    P.nactive = nt - 1;
+    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
+    const uint32_t g = ++P.gen;
+    atomic_store_explicit(&P.state, (uint64_t)g << 32, memory_order_release);
+    atomic_store(&P.gen_pub, g); /* seq_cst: ordered before the load of P.sleeping */
+    if (atomic_load(&P.sleeping) > 0) {
+        pthread_mutex_lock(&P.mu);
+        pthread_cond_broadcast(&P.cv);
+        pthread_mutex_unlock(&P.mu);
+    }
+    atomic_fetch_add_explicit(&g_pool_jobs, 1, memory_order_relaxed);
+    pool_work(g, 0);
+    int spins = 0;
+    while (atomic_load_explicit(&P.done, memory_order_acquire) < P.nchunks)
+        if (++spins > 4000) { sched_yield(); spins = 0; } else cpu_relax();
+    pthread_mutex_unlock(&P.run_mu);
+}
+
+/* jobs run on the pool, chunks done by workers, times a worker went to sleep */
+ER_API void er_pool_stats(long *out) {
+    out[0] = atomic_load(&g_pool_jobs);
+    out[1] = atomic_load(&g_pool_worker_chunks);
+    out[2] = atomic_load(&g_pool_sleeps);
+}
+
+ER_API int er_set_pool(int on) { int old = g_use_pool; g_use_pool = on != 0; return old; }
+
 static int nthreads(void) {
     if (g_threads <= 0) {
 #ifdef _OPENMP
         g_threads = omp_get_num_procs();
 #else
-        g_threads = 1;
+        g_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+        if (g_threads < 1) g_threads = 1;
 #endif
     }
     return g_threads;
@@ -1496,6 +1646,21 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
     }
 }
 
+typedef struct {
+    fused_fn fz;
+    const uint8_t *W;
+    int64_t row_bytes;
+    int N, K;
+    const act_t *A;
+    int B;
+    float *y;
+} fused_ctx_t;
+
+static void fused_task(void *p, int n0, int n1) {
+    const fused_ctx_t *c = p;
+    fused_rows(c->fz, c->W, c->row_bytes, c->N, c->K, c->A, c->B, c->y, n0, n1);
+}
+
 static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y) {
     decode_fn dec;
     core_fn core;
@@ -1519,6 +1684,11 @@ static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int 
     if (fz) {
         if (!par) {
             fused_rows(fz, W, row_bytes, N, K, A, B, y, 0, N);
+            return 0;
+        }
+        if (g_use_pool) {
+            fused_ctx_t c = {fz, W, row_bytes, N, K, A, B, y};
+            pool_run(fused_task, &c, N, nt, 16);
             return 0;
         }
 #pragma omp parallel num_threads(nt)

@@ -83,6 +83,7 @@ def _use_isa(isa: str) -> None:
 @pytest.fixture(autouse=True)
 def _restore():
     yield
+    nv.set_pool(True)
     nv.set_fused(True)
     nv.set_isa(None)
     nv.set_threads(2)
@@ -135,9 +136,11 @@ def test_matmul_prefill_batches(qt: int) -> None:
                 assert np.abs(y - ref).max() / scale < 2e-5, (qt, n, k, b)
 
 
+@pytest.mark.parametrize("pool", [True, False])
 @pytest.mark.parametrize("qt", QUANT + FLOAT)
-def test_threads_agree(qt: int) -> None:
+def test_threads_agree(qt: int, pool: bool) -> None:
     """Shapes big enough for the multi-threaded paths give the same numbers as one thread."""
+    nv.set_pool(pool)
     rng = np.random.default_rng(200 + qt)
     n, k = 263, 2048
     w = make_weight(qt, n, k, rng)
@@ -150,6 +153,32 @@ def test_threads_agree(qt: int) -> None:
         np.testing.assert_array_equal(y1, y2)
     ids = rng.integers(0, n, 300)
     np.testing.assert_array_equal(nv.get_rows(qt, w, ids, k), ref_weight(qt, w, k)[ids])
+
+
+def test_pool_stress_concurrent_callers() -> None:
+    """Many small-batch calls from two Python threads at once (one gets the pool, the other runs inline)."""
+    import threading
+
+    rng = np.random.default_rng(7)
+    w = make_weight(2, 300, 2048, rng)
+    xs = [rng.standard_normal((b, 2048)).astype(np.float32) for b in (1, 2, 5)]
+    nv.set_threads(1)
+    refs = [nv.matmul(2, w, x) for x in xs]
+    nv.set_threads(2)
+    errors: list[str] = []
+
+    def run() -> None:
+        for i in range(150):
+            j = i % 3
+            if not np.array_equal(nv.matmul(2, w, xs[j]), refs[j]):
+                errors.append(f"mismatch at {i}")
+
+    ts = [threading.Thread(target=run) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in ts)
 
 
 def test_matvec_1d_and_large_batch() -> None:

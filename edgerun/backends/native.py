@@ -59,6 +59,7 @@ def _load() -> None:
         "er_set_isa": ([i32], i32),
         "er_set_threads": ([i32], None),
         "er_set_fused": ([i32], i32),
+        "er_set_pool": ([i32], i32),
         "er_get_threads": ([], i32),
         "er_noop": ([i32], i32),
         "er_supports": ([i32], i32),
@@ -113,6 +114,11 @@ def set_isa(name: str | None) -> str:
 def set_fused(on: bool) -> bool:
     """Enable/disable the fused small-batch kernels (for tests); returns the previous setting."""
     return bool(_lib.er_set_fused(int(bool(on)))) if _lib is not None else False
+
+
+def set_pool(on: bool) -> bool:
+    """Small-batch kernels on the edgerun thread pool (True, default) or OpenMP; returns the old setting."""
+    return bool(_lib.er_set_pool(int(bool(on)))) if _lib is not None else False
 
 
 def set_threads(n: int) -> None:
