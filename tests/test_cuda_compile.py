@@ -59,7 +59,6 @@ def _find_nvrtc() -> str | None:
     if lib:
         return lib
     cands = glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*")
-    cands += glob.glob("/tmp/nvrtc_pkg/nvidia/*/lib/libnvrtc.so*")
     try:
         import nvidia  # the pip wheels nvidia-cuda-nvrtc-*
 

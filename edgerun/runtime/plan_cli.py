@@ -75,6 +75,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     print(f"model {path.name}: {plan.n_layers} layers, ctx {plan.ctx} x batch {plan.batch}, "
           f"placement {plan.mode}")
+    if args.vram_gb is None:
+        from edgerun.runtime.devices import probe_gpus
+
+        gpus = probe_gpus()
+        print(f"GPU: {gpus[0].name}, {_gib(gpus[0].vram_free)} free of {_gib(gpus[0].vram_total)}" if gpus
+              else "GPU: none found (use --vram-gb to plan for one)")
     print(f"VRAM free {_gib(plan.vram_free)}, usable {_gib(plan.vram_usable)} "
           f"(reserve {_gib(plan.reserve)})")
     print(f"{'layer':>5}  {'attn':<6} {'ffn':<6} {'kv':<4}")

@@ -346,6 +346,10 @@ def plan_placement(
                 head_dev = place[head].device
             elif any(re.search(p, head) for p, _ in ovr):
                 head_dev = place[head].device
+    lone = [i for i in range(n_layers) if kv_dev[i] != GPU and any(place[n].device == GPU for n in ffn_of[i])]
+    if lone:
+        notes.append(f"{len(lone)} layer(s) (first {lone[0]}) have FFN tensors on the GPU but not their "
+                     "attention: the runtime runs those FFNs on the CPU")
     plan = Plan(mode=mode, n_layers=n_layers, ctx=ctx, batch=batch, vram_free=free,
                 vram_usable=max(usable, 0), reserve=reserve, tensors=place, kv_layer_bytes=kv_layer,
                 kv_devices=kv_dev, head_tensor=head, head_device=head_dev, overrides=ovr, notes=notes)
