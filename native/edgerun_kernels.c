@@ -1830,6 +1830,29 @@ T_V512 static void fcore_v512(int qt, const uint8_t *row, int K, const float *x,
 }
 #endif
 
+typedef struct {
+    fcore_fn core;
+    int qt;
+    const uint8_t *W;
+    int64_t row_bytes;
+    int N, K;
+    const float *x;
+    int B;
+    float *y;
+} fmat_ctx_t;
+
+static void fmat_task(void *p, int n0, int n1) {
+    const fmat_ctx_t *c = p;
+    for (int n = n0; n < n1; n++) {
+        float res[4];
+        for (int b = 0; b < c->B; b += 4) {
+            const int nr = c->B - b < 4 ? c->B - b : 4;
+            c->core(c->qt, c->W + (size_t)n * c->row_bytes, c->K, c->x + (size_t)b * c->K, nr, res);
+            for (int r = 0; r < nr; r++) c->y[(size_t)(b + r) * c->N + n] = res[r];
+        }
+    }
+}
+
 static int matmul_f(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const float *x, int B, float *y) {
     if (g_isa < 0) detect_isa();
     fcore_fn core = fcore_scalar;
@@ -1840,6 +1863,12 @@ static int matmul_f(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, c
     const int nt = nthreads();
     const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 19);
     const int bt = 16;
+    if (B <= bt && (!par || g_use_pool)) {
+        fmat_ctx_t c = {core, qt, W, row_bytes, N, K, x, B, y};
+        if (par) pool_run(fmat_task, &c, N, nt, 16);
+        else fmat_task(&c, 0, N);
+        return 0;
+    }
 #pragma omp parallel num_threads(nt) if (par)
     for (int b0 = 0; b0 < B; b0 += bt) {
         const int b1 = b0 + bt < B ? b0 + bt : B;
