@@ -255,12 +255,12 @@ def test_ffn(b: int) -> None:
     gate = QTensor("g", 12, d, f, make_weight(12, f, d, rng))
     up = QTensor("u", 2, d, f, make_weight(2, f, d, rng))
     down = QTensor("d", 14, f, d, make_weight(14, d, f, rng))
-    for act in ("silu", "gelu"):
+    for act in ("silu", "gelu_tanh"):
         got = nv.ffn(x, nw, 1e-6, gate, up, down, act)
         n = nv.rms_norm(x, nw, 1e-6)
         gg = n @ ref_weight(12, gate.data, d).T
         uu = n @ ref_weight(2, up.data, d).T
-        hh = nv.silu_gate(gg, uu) if act == "silu" else nv.gelu_gate(gg, uu)
+        hh = nv.silu_gate(gg, uu) if act == "silu" else nv.gelu_gate(gg, uu)  # gelu_tanh
         ref = x + hh @ ref_weight(14, down.data, f).T
         err = np.sqrt(np.mean((got - ref) ** 2)) / np.sqrt(np.mean((ref - x) ** 2))
         assert err < 5e-2  # two layers of 8-bit activations

@@ -33,7 +33,7 @@ _BLOCK = {
     Q6_K: (256, 210),
 }
 ISA_NAMES = ("scalar", "avx2", "avx512-vnni")
-ACT = {"silu": 0, "gelu": 1}
+ACT = {"silu": 0, "gelu": 1, "gelu_tanh": 1}
 
 _lib: ctypes.CDLL | None = None
 _load_error: str | None = None
