@@ -51,13 +51,13 @@ def _resolve(spec: str) -> Path:
 def _load_runner(args: argparse.Namespace, n_ctx: int | None = None) -> Any:
     from edgerun.models.base import ModelLoadError
     from edgerun.quant.gguf_file import GGUFError
-    from edgerun.runtime.runner import Runner
+    from edgerun.runtime.hybrid import runner_from_args
 
     path = _resolve(args.model)
     try:
-        return Runner(path, n_ctx=n_ctx or args.ctx, n_threads=args.threads,
-                      backend=getattr(args, "backend", "auto"))
-    except (GGUFError, ModelLoadError) as e:
+        return runner_from_args(path, args, n_ctx=n_ctx or args.ctx, n_threads=args.threads,
+                                backend=getattr(args, "backend", "auto"))
+    except (GGUFError, ModelLoadError, ValueError) as e:
         raise CLIError(f"cannot load {path}: {e}") from None
 
 
@@ -236,12 +236,23 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    """The placement flags shared by run, perplexity, serve and chat."""
+    p.add_argument("--placement", choices=["auto", "cpu", "gpu", "hybrid"], default="auto",
+                   help="where tensors go (auto: attention + KV cache on the GPU when one is present)")
+    p.add_argument("--vram-budget", type=_nonneg_float, default=None, metavar="GB",
+                   help="use at most this much VRAM")
+    p.add_argument("--override", action="append", default=[], metavar="REGEX=cpu|gpu",
+                   help="force matching tensors onto a device (repeatable, like llama.cpp's -ot)")
+
+
 def _add_model_args(p: argparse.ArgumentParser, ctx: int = 4096) -> None:
     p.add_argument("-m", "--model", required=True, help="catalog name or path to a .gguf file")
     p.add_argument("--threads", "-t", type=_positive_int, default=None, help="CPU threads")
     p.add_argument("--ctx", "-c", type=_positive_int, default=ctx, help="context size in tokens")
     p.add_argument("--backend", choices=["auto", "native", "numba", "reference"], default="auto",
                    help="CPU kernels (auto: native if built, else Numba)")
+    add_placement_args(p)
 
 
 def _optional(module: str) -> Callable[[Any], None] | None:
@@ -319,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

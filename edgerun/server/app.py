@@ -357,12 +357,12 @@ def _serve(args: argparse.Namespace) -> int:
     from edgerun.catalog import ModelError, resolve_model
     from edgerun.models.base import ModelLoadError
     from edgerun.quant.gguf_file import GGUFError
-    from edgerun.runtime.runner import Runner
+    from edgerun.runtime.hybrid import runner_from_args
 
     try:
         path = resolve_model(args.model)
-        runner = Runner(path, n_ctx=args.ctx, n_threads=args.threads, num_blocks=args.kv_blocks,
-                        backend=args.backend)
+        runner = runner_from_args(path, args, n_ctx=args.ctx, n_threads=args.threads,
+                                  num_blocks=args.kv_blocks, backend=args.backend)
     except (ModelError, GGUFError, ModelLoadError, ValueError) as e:
         print(f"edgerun: error: {e}", file=sys.stderr)
         return 2
@@ -395,4 +395,7 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", choices=["auto", "native", "numba", "reference"], default="auto",
                    help="CPU kernels")
     p.add_argument("--log-level", default="info")
+    from edgerun.cli import add_placement_args
+
+    add_placement_args(p)
     p.set_defaults(func=_serve)

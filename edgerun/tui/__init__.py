@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help="API key for --url")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the in-process engine")
     p.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    from edgerun.cli import add_placement_args
+
+    add_placement_args(p)
 
 
 def _run(args: argparse.Namespace) -> int:

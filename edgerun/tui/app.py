@@ -305,8 +305,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from edgerun.catalog import DEFAULT_MODEL
 
-        backend = InProcessBackend(args.model or DEFAULT_MODEL, threads=threads, ctx=ctx)
-    app = ChatApp(backend, backend_factory=lambda spec: InProcessBackend(spec, threads=threads, ctx=ctx))
+        backend = InProcessBackend(args.model or DEFAULT_MODEL, threads=threads, ctx=ctx, placement=args)
+    app = ChatApp(backend, backend_factory=lambda spec: InProcessBackend(spec, threads=threads, ctx=ctx,
+                                                                         placement=args))
     with native_stderr_to(data_dir() / "chat.log"):
         app.run()
     return 0

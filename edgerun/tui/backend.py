@@ -139,10 +139,12 @@ class InProcessBackend:
     """The edgerun engine in this process: resolve (and pull) the model, build a Runner and
     an Engine, and stream chat completions from it."""
 
-    def __init__(self, model_spec: str, threads: int | None = None, ctx: int = 4096) -> None:
+    def __init__(self, model_spec: str, threads: int | None = None, ctx: int = 4096,
+                 placement: Any = None) -> None:
         self.model_spec = model_spec
         self.threads = threads
         self.ctx = ctx
+        self.placement_args = placement  # namespace with placement/vram_budget/override, or None
         self.path: str | None = None
         self.runner: Any = None
         self.engine: Any = None
@@ -159,10 +161,10 @@ class InProcessBackend:
         path = resolve_model(self.model_spec, progress=lambda d, t, s: progress_cb(d, t, "download"))
         self.path = str(path)
         progress_cb(0, 0, "load")
-        from edgerun.runtime.runner import Runner
+        from edgerun.runtime.hybrid import runner_from_args
         from edgerun.serving.engine import Engine
 
-        self.runner = Runner(self.path, n_ctx=self.ctx, n_threads=self.threads)
+        self.runner = runner_from_args(self.path, self.placement_args, n_ctx=self.ctx, n_threads=self.threads)
         self.engine = Engine(self.runner)
         self.engine.start()
         progress_cb(1, 1, "ready")
