@@ -265,7 +265,7 @@ def _optional(module: str) -> Callable[[Any], None] | None:
 
 
 _OPTIONAL = {"bench": "edgerun.bench", "plan": "edgerun.runtime.plan_cli", "serve": "edgerun.server.app",
-             "loadtest": "edgerun.loadtest", "chat": "edgerun.tui.app"}
+             "loadtest": "edgerun.loadtest", "chat": "edgerun.tui"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
