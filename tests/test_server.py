@@ -11,11 +11,11 @@ import httpx
 import openai
 import pytest
 import uvicorn
-from test_scheduler import FakeRunner, prompt
 
 from edgerun.server.app import create_app
 from edgerun.serving.engine import Engine
 from edgerun.text.sampling import SamplingParams
+from tests.test_scheduler import FakeRunner, prompt
 
 MODEL = "fake-model"
 KEY = "sk-test"

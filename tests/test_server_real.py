@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from test_server import LiveServer
 
 from edgerun.serving.engine import Engine
 from edgerun.text.sampling import SamplingParams
+from tests.test_server import LiveServer
 
 pytestmark = pytest.mark.real
 
