@@ -1993,14 +1993,62 @@ ER_API void er_softmax(float *x, int R, int D) {
     }
 }
 
-AI float silu(float g) { return g / (1.f + expf(-g)); }
-AI float gelu_tanh(float g) { return 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))); }
+/* exp for the activations: branch-free so the loops vectorize (rel. error ~2e-7 on [-87, 88]) */
+AI float fast_expf(float x) {
+    x = __builtin_fminf(__builtin_fmaxf(x, -87.f), 88.f);
+    const float t = x * 1.4426950408889634f;
+    const float n = (t + 12582912.f) - 12582912.f; /* round to nearest (|t| < 2^22) */
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f; /* |r| <= ln2/2 */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    union { uint32_t u; float f; } s;
+    s.u = (uint32_t)((int32_t)n + 127) << 23;
+    return p * s.f;
+}
+
+AI float silu(float g) { return g / (1.f + fast_expf(-g)); }
+AI float gelu_tanh(float g) {
+    /* 0.5 g (1 + tanh(y)) = g * sigmoid(2y) */
+    const float y = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+    return g / (1.f + fast_expf(-2.f * y));
+}
+
+#if defined(ER_X86)
+#define ER_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("finite-math-only")))
+#else
+#define ER_CLONES
+#endif
+
+ER_CLONES static void act_gate_range(const float *g, const float *u, float *out, int64_t i0, int64_t i1, int act) {
+    if (act) {
+        for (int64_t i = i0; i < i1; i++) out[i] = gelu_tanh(g[i]) * u[i];
+    } else {
+        for (int64_t i = i0; i < i1; i++) out[i] = silu(g[i]) * u[i];
+    }
+}
 
 /* act: 0 = silu, 1 = gelu (tanh) */
 ER_API void er_act_gate(const float *g, const float *u, float *out, int64_t n, int act) {
     const int nt = nthreads();
-#pragma omp parallel for num_threads(nt) if (nt > 1 && n >= (1 << 18))
-    for (int64_t i = 0; i < n; i++) out[i] = (act ? gelu_tanh(g[i]) : silu(g[i])) * u[i];
+    if (nt <= 1 || n < (1 << 18)) {
+        act_gate_range(g, u, out, 0, n, act);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int64_t t = 0, T = 1;
+#endif
+        const int64_t per = (n + T - 1) / T, i0 = t * per < n ? t * per : n, i1 = i0 + per < n ? i0 + per : n;
+        act_gate_range(g, u, out, i0, i1, act);
+    }
 }
 
 ER_API void er_add(const float *a, const float *b, float *out, int64_t n) {

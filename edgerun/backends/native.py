@@ -72,10 +72,14 @@ def _load() -> None:
         "er_add": ([vp, vp, vp, i64], None),
         "er_ffn": ([vp, vp, f32, i32, vp, i64, i32, vp, i64, i32, vp, i64, i32, i32, i32, i32, vp], i32),
     }
-    for name, (args, res) in sig.items():
-        fn = getattr(lib, name)
-        fn.argtypes = args
-        fn.restype = res
+    try:
+        for name, (args, res) in sig.items():
+            fn = getattr(lib, name)
+            fn.argtypes = args
+            fn.restype = res
+    except AttributeError as e:  # a stale build of the library
+        _load_error = f"stale native build, rebuild with setup.py build_ext ({e})"
+        return
     _lib = lib
 
 
