@@ -2,13 +2,21 @@
  * edgerun native CPU kernels: quantized matmul (ggml block formats), row gather,
  * light ops (rms_norm, rope, softmax, gated activations, add) and a fused FFN.
  *
- * Design: activations are quantized to int8 per 32 values (scale per block); a
- * weight row is decoded once into signed int8 values + one f32 scale per 4 values
- * ("lane scale") + an optional per-16 additive term (for formats with mins), and
- * that decoded row is then dotted against every activation row of the batch with
- * integer dot products (AVX-512 VNNI dpbusd, AVX2 maddubs, or scalar).
- * One build: ISA-specific functions carry target attributes and are chosen at run
- * time with __builtin_cpu_supports.  Threads: OpenMP (persistent pool).
+ * Matmul y[B,N] = x[B,K] @ W^T, activations quantized to int8 on the fly:
+ *  - B <= 8 (decode): "fused" kernels decode weight blocks in registers and dot them with up to
+ *    4 activation rows at once.  Legacy types (Q4_0/Q5_0/Q8_0) use per-32 activation scales
+ *    (Q8_0 style) and dpbusd (AVX-512 VNNI) or maddubs (AVX2); K-quants (Q4_K/Q5_K/Q6_K) use
+ *    Q8_K-style activations (one scale per 256, sums per 16) with maddubs + dpwssd/madd so the
+ *    integer sub-block scales are applied in int32 and floats are touched once per 256 values.
+ *  - B > 8 (prefill, AVX-512 VNNI): activations are repacked as [K/4][16 rows][4 bytes]; a
+ *    broadcast of 4 decoded weight bytes x one 64-byte load = 16 rows x 4 MACs per dpbusd,
+ *    tiled 4 weight rows x 32 activation rows.
+ *  - everything else: a weight row is decoded once into int8 + per-4 lane scales (+ per-16
+ *    additive mins) and dotted against every activation row (scalar / AVX2 / AVX-512 cores).
+ * One build: ISA-specific functions carry target attributes and are chosen at run time with
+ * __builtin_cpu_supports (EDGERUN_ISA=avx2|scalar or er_set_isa() force a lower level).
+ * Threads: a small spin/condvar pool for the latency-critical small-batch kernels (the caller
+ * never waits for a worker that has not started), OpenMP for the large ones.
  */
 #include <math.h>
 #include <stdint.h>
