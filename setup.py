@@ -1,6 +1,6 @@
 """Builds the optional native kernel library edgerun._native (C, loaded with ctypes).
 
-A missing compiler or OpenMP only produces a warning: the package then falls back to Numba.
+A missing compiler only produces a warning: the package then falls back to Numba.
 """
 
 import sys
@@ -8,14 +8,14 @@ import sys
 from setuptools import Extension, setup
 
 if sys.platform == "win32":
-    compile_args = ["/O2", "/openmp"]
+    compile_args = ["/O2"]
     link_args: list[str] = []
 elif sys.platform == "darwin":
     compile_args = ["-O3", "-std=gnu11"]
     link_args = []
 else:
-    compile_args = ["-O3", "-g0", "-std=gnu11", "-fopenmp", "-fvisibility=hidden", "-fno-math-errno"]
-    link_args = ["-fopenmp"]
+    compile_args = ["-O3", "-g0", "-std=gnu11", "-pthread", "-fvisibility=hidden", "-fno-math-errno"]
+    link_args = ["-pthread"]
 
 setup(
     ext_modules=[

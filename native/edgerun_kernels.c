@@ -15,8 +15,8 @@
  *    additive mins) and dotted against every activation row (scalar / AVX2 / AVX-512 cores).
  * One build: ISA-specific functions carry target attributes and are chosen at run time with
  * __builtin_cpu_supports (EDGERUN_ISA=avx2|scalar or er_set_isa() force a lower level).
- * Threads: a small spin/condvar pool for the latency-critical small-batch kernels (the caller
- * never waits for a worker that has not started), OpenMP for the large ones.
+ * Threads: one persistent spin/condvar pool shared by every kernel; work is claimed in chunks
+ * and the caller never waits for a worker that has not started (busy or oversubscribed cores).
  */
 #include <math.h>
 #include <stdint.h>
@@ -30,9 +30,6 @@
 
 #include "blocks.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #if defined(__x86_64__) && !defined(ER_NO_X86)
 #include <immintrin.h>
@@ -117,7 +114,7 @@ static void detect_isa(void) {
 
 
 /* ------------------------------------------------------------ thread pool
- * A small persistent pool for the latency-critical small-batch kernels.  Work is split into
+ * A small persistent pool shared by all kernels.  Work is split into
  * chunks claimed with one atomic (generation << 32 | next chunk); the calling thread takes part,
  * and a call returns as soon as every chunk is done -- a worker that has not been scheduled yet
  * (busy desktop, oversubscribed cores) is simply not waited for, unlike a fork-join barrier.
@@ -210,6 +207,7 @@ static void pool_atfork_child(void) {
 /* run fn over [0, n) with nt threads (the caller included) */
 static void pool_run(task_fn fn, void *ctx, int n, int nt, int min_chunk) {
     if (nt > ER_MAX_WORKERS + 1) nt = ER_MAX_WORKERS + 1;
+    if (!g_use_pool) nt = 1;
     if (nt <= 1 || n <= min_chunk || pthread_mutex_trylock(&P.run_mu)) {
         fn(ctx, 0, n);
         return;
@@ -261,12 +259,8 @@ ER_API int er_set_pool(int on) { int old = g_use_pool; g_use_pool = on != 0; ret
 
 static int nthreads(void) {
     if (g_threads <= 0) {
-#ifdef _OPENMP
-        g_threads = omp_get_num_procs();
-#else
         g_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
         if (g_threads < 1) g_threads = 1;
-#endif
     }
     return g_threads;
 }
@@ -443,14 +437,7 @@ static void quant_row_k_scalar(const float *x, int K, int8_t *q, float *d, int16
 }
 
 static void act_quantize(act_t *a, const float *x, int B, int K) {
-    const int nt = nthreads();
-    if (a->q && (B <= 8 || nt == 1)) {
-        for (int b = 0; b < B; b++)
-            quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4,
-                      a->s + (size_t)b * K / 16, a->n + (size_t)b * K / 4);
-        for (size_t i = 0; i < (size_t)B * K / 32; i++) a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
-    } else if (a->q) {
-#pragma omp parallel for num_threads(nt) schedule(static)
+    if (a->q) {
         for (int b = 0; b < B; b++)
             quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4,
                       a->s + (size_t)b * K / 16, a->n + (size_t)b * K / 4);
@@ -1488,8 +1475,6 @@ __attribute__((unused)) static int pack_acts(pack_t *pk, const act_t *A, int B, 
     memset(pk->NS, 0, ng * (K / G) * 16 * 4);
     memset(pk->DA, 0, ng * (K / G) * 16 * 4);
     memset(pk->XS, 0, ng * (K / 16) * 16 * 4);
-    const int nt = nthreads();
-#pragma omp parallel for num_threads(nt) if (nt > 1 && B >= 32) schedule(static)
     for (int r = 0; r < B; r++) {
         const size_t g = (size_t)(r / 16), l = (size_t)(r % 16);
         const int8_t *q = A->q + (size_t)r * K;
@@ -1581,6 +1566,52 @@ T_V512 static void gemm_v512(const int8_t *const *w, const float *const *wl, con
 #endif
 
 /* returns 1 when handled */
+#ifdef ER_X86
+typedef struct {
+    int qt;
+    const uint8_t *W;
+    int64_t row_bytes;
+    int N, K, G, B, t0, t1;
+    decode_fn dec;
+    const pack_t *pk;
+    float *y;
+    int err;
+} gemm_ctx_t;
+
+/* weight-row quads [q0, q1) x activation row groups [t0, t1) */
+static void gemm_task(void *p, int q0, int q1) {
+    gemm_ctx_t *c = p;
+    const int K = c->K, N = c->N, B = c->B;
+    const size_t per = 2 * (size_t)K + (size_t)K / 4 + 64; /* int8 row, K/4 lane scales, K/16 mins */
+    uint8_t *buf = scratch(9, 4 * per);
+    if (!buf) { c->err = -2; return; }
+    int8_t *wq[4];
+    float *wl[4], *mwb[4];
+    for (int v = 0; v < 4; v++) {
+        wq[v] = (int8_t *)(buf + v * per);
+        wl[v] = (float *)(buf + v * per + K);
+        mwb[v] = (float *)(buf + v * per + 2 * (size_t)K);
+    }
+    for (int np = q0; np < q1; np++) {
+        const int n = 4 * np, nw = N - n < 4 ? N - n : 4;
+        const float *mw[4] = {NULL, NULL, NULL, NULL};
+        for (int v = 0; v < nw; v++)
+            mw[v] = c->dec(c->qt, c->W + (size_t)(n + v) * c->row_bytes, K, wq[v], wl[v], mwb[v]) ? mwb[v] : NULL;
+        float out[128];
+        for (int g = c->t0; g < c->t1; g += 2) {
+            const int ng = c->t1 - g >= 2 ? 2 : 1;
+            gemm_v512((const int8_t *const *)wq, (const float *const *)wl, mw, nw, K, c->G, c->pk, g, ng, out);
+            for (int v = 0; v < nw; v++)
+                for (int l = 0; l < 16 * ng; l++) {
+                    const int r = 16 * g + l;
+                    if (r < B) c->y[(size_t)r * N + n + v] = out[32 * v + l];
+                }
+        }
+    }
+}
+#endif
+
+/* returns 1 when handled */
 static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y,
                        int *err) {
 #ifdef ER_X86
@@ -1592,45 +1623,15 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
     pack_t pk;
     if (pack_acts(&pk, A, B, K, G)) { pack_free(&pk); *err = -2; return 1; }
     const int nt = nthreads();
+    const int par = nt > 1 && (int64_t)N * K * B >= (1 << 19);
     const int GT = 4; /* row groups per tile: 64 activation rows stay in L2 */
-#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)N * K * B >= (1 << 19))
-    {
-        int8_t *wq[4];
-        float *wl[4], *mwb[4];
-        int ok = 1;
-        for (int v = 0; v < 4; v++) {
-            wq[v] = amalloc((size_t)K);
-            wl[v] = amalloc((size_t)K);
-            mwb[v] = amalloc((size_t)K / 4 + 64);
-            ok = ok && wq[v] && wl[v] && mwb[v];
-        }
-        if (!ok) {
-            *err = -2;
-        } else {
-            const int NP = (N + 3) / 4;
-            for (int t0 = 0; t0 < pk.ngroups; t0 += GT) {
-                const int t1 = t0 + GT < pk.ngroups ? t0 + GT : pk.ngroups;
-#pragma omp for schedule(static)
-                for (int np = 0; np < NP; np++) {
-                    const int n = 4 * np, nw = N - n < 4 ? N - n : 4;
-                    const float *mw[4] = {NULL, NULL, NULL, NULL};
-                    for (int v = 0; v < nw; v++)
-                        mw[v] = dec(qt, W + (size_t)(n + v) * row_bytes, K, wq[v], wl[v], mwb[v]) ? mwb[v] : NULL;
-                    float out[128];
-                    for (int g = t0; g < t1; g += 2) {
-                        const int ng = t1 - g >= 2 ? 2 : 1;
-                        gemm_v512((const int8_t *const *)wq, (const float *const *)wl, mw, nw, K, G, &pk, g, ng, out);
-                        for (int v = 0; v < nw; v++)
-                            for (int l = 0; l < 16 * ng; l++) {
-                                const int r = 16 * g + l;
-                                if (r < B) y[(size_t)r * N + n + v] = out[32 * v + l];
-                            }
-                    }
-                }
-            }
-        }
-        for (int v = 0; v < 4; v++) { free(wq[v]); free(wl[v]); free(mwb[v]); }
+    gemm_ctx_t c = {qt, W, row_bytes, N, K, G, B, 0, 0, dec, &pk, y, 0};
+    for (int t0 = 0; t0 < pk.ngroups; t0 += GT) {
+        c.t0 = t0;
+        c.t1 = t0 + GT < pk.ngroups ? t0 + GT : pk.ngroups;
+        pool_run(gemm_task, &c, (N + 3) / 4, par ? nt : 1, 1);
     }
+    *err = c.err;
     pack_free(&pk);
     return 1;
 #else
@@ -1669,6 +1670,46 @@ static void fused_task(void *p, int n0, int n1) {
     fused_rows(c->fz, c->W, c->row_bytes, c->N, c->K, c->A, c->B, c->y, n0, n1);
 }
 
+/* decoded-row path: each weight row decoded once per activation tile [b0, b1) */
+typedef struct {
+    int qt;
+    const uint8_t *W;
+    int64_t row_bytes;
+    int N, K;
+    const act_t *A;
+    int B;
+    float *y;
+    decode_fn dec;
+    core_fn core;
+    int b0, b1, err;
+} rows_ctx_t;
+
+/* per-thread buffers of one decoded row: int8 values, K/4 lane scales, K/16 mins */
+static int row_bufs(int K, int8_t **wq, float **wl, float **mw) {
+    uint8_t *buf = scratch(9, 2 * (size_t)K + (size_t)K / 4 + 64);
+    if (!buf) return -1;
+    *wq = (int8_t *)buf;
+    *wl = (float *)(buf + K);
+    *mw = (float *)(buf + 2 * (size_t)K);
+    return 0;
+}
+
+static void rows_task(void *p, int n0, int n1) {
+    rows_ctx_t *c = p;
+    int8_t *wq;
+    float *wl, *mw;
+    if (row_bufs(c->K, &wq, &wl, &mw)) { c->err = -2; return; }
+    for (int n = n0; n < n1; n++) {
+        const int has_m = c->dec(c->qt, c->W + (size_t)n * c->row_bytes, c->K, wq, wl, mw);
+        float res[4];
+        for (int b = c->b0; b < c->b1; b += 4) {
+            const int nr = c->b1 - b < 4 ? c->b1 - b : 4;
+            c->core(wq, wl, has_m ? mw : NULL, c->K, c->A, b, nr, res);
+            for (int r = 0; r < nr; r++) c->y[(size_t)(b + r) * c->N + n] = res[r];
+        }
+    }
+}
+
 static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y) {
     decode_fn dec;
     core_fn core;
@@ -1694,50 +1735,18 @@ static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int 
             fused_rows(fz, W, row_bytes, N, K, A, B, y, 0, N);
             return 0;
         }
-        if (g_use_pool) {
-            fused_ctx_t c = {fz, W, row_bytes, N, K, A, B, y};
-            pool_run(fused_task, &c, N, nt, 16);
-            return 0;
-        }
-#pragma omp parallel num_threads(nt)
-        {
-#ifdef _OPENMP
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-            const int t = 0, T = 1;
-#endif
-            const int per = (N + T - 1) / T;
-            const int n0 = t * per < N ? t * per : N, n1 = n0 + per < N ? n0 + per : N;
-            fused_rows(fz, W, row_bytes, N, K, A, B, y, n0, n1);
-        }
+        fused_ctx_t c = {fz, W, row_bytes, N, K, A, B, y};
+        pool_run(fused_task, &c, N, nt, 16);
         return 0;
     }
     if (matmul_gemm(qt, W, row_bytes, N, K, A, B, y, &err)) return err;
-#pragma omp parallel num_threads(nt) if (par)
-    {
-        int8_t *wq = amalloc((size_t)K);
-        float *wl = amalloc((size_t)K);
-        float *mw = amalloc((size_t)K / 4 + 64);
-        if (!wq || !wl || !mw) {
-            err = -2;
-        } else {
-            for (int b0 = 0; b0 < B; b0 += BTILE) {
-                const int b1 = b0 + BTILE < B ? b0 + BTILE : B;
-#pragma omp for schedule(static)
-                for (int n = 0; n < N; n++) {
-                    const int has_m = dec(qt, W + (size_t)n * row_bytes, K, wq, wl, mw);
-                    float res[4];
-                    for (int b = b0; b < b1; b += 4) {
-                        const int nr = b1 - b < 4 ? b1 - b : 4;
-                        core(wq, wl, has_m ? mw : NULL, K, A, b, nr, res);
-                        for (int r = 0; r < nr; r++) y[(size_t)(b + r) * N + n] = res[r];
-                    }
-                }
-            }
-        }
-        free(wq); free(wl); free(mw);
+    rows_ctx_t c = {qt, W, row_bytes, N, K, A, B, y, dec, core, 0, 0, 0};
+    for (int b0 = 0; b0 < B; b0 += BTILE) {
+        c.b0 = b0;
+        c.b1 = b0 + BTILE < B ? b0 + BTILE : B;
+        pool_run(rows_task, &c, N, par ? nt : 1, 8);
     }
-    return err;
+    return c.err;
 }
 
 /* ---------------------------------------------------- float matmul */
@@ -1871,24 +1880,10 @@ static int matmul_f(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, c
     const int nt = nthreads();
     const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 19);
     const int bt = 16;
-    if (B <= bt && (!par || g_use_pool)) {
-        fmat_ctx_t c = {core, qt, W, row_bytes, N, K, x, B, y};
-        if (par) pool_run(fmat_task, &c, N, nt, 16);
-        else fmat_task(&c, 0, N);
-        return 0;
-    }
-#pragma omp parallel num_threads(nt) if (par)
     for (int b0 = 0; b0 < B; b0 += bt) {
-        const int b1 = b0 + bt < B ? b0 + bt : B;
-#pragma omp for schedule(static)
-        for (int n = 0; n < N; n++) {
-            float res[4];
-            for (int b = b0; b < b1; b += 4) {
-                const int nr = b1 - b < 4 ? b1 - b : 4;
-                core(qt, W + (size_t)n * row_bytes, K, x + (size_t)b * K, nr, res);
-                for (int r = 0; r < nr; r++) y[(size_t)(b + r) * N + n] = res[r];
-            }
-        }
+        const int nb = B - b0 < bt ? B - b0 : bt;
+        fmat_ctx_t c = {core, qt, W, row_bytes, N, K, x + (size_t)b0 * K, nb, y + (size_t)b0 * N};
+        pool_run(fmat_task, &c, N, par ? nt : 1, 16);
     }
     return 0;
 }
@@ -1909,6 +1904,35 @@ ER_API int er_matmul(int qt, const void *W, int64_t row_bytes, int N, int K, con
     return rc;
 }
 
+typedef struct {
+    int qt;
+    const uint8_t *W;
+    int64_t row_bytes;
+    int K;
+    const int64_t *ids;
+    float *out;
+    decode_fn dec;
+    int err;
+} getrows_ctx_t;
+
+static void getrows_task(void *p, int t0, int t1) {
+    getrows_ctx_t *c = p;
+    const int K = c->K;
+    int8_t *wq = NULL;
+    float *wl = NULL, *mw = NULL;
+    if (!is_float_type(c->qt) && row_bufs(K, &wq, &wl, &mw)) { c->err = -2; return; }
+    for (int t = t0; t < t1; t++) {
+        const uint8_t *row = c->W + (size_t)c->ids[t] * c->row_bytes;
+        float *o = c->out + (size_t)t * K;
+        if (is_float_type(c->qt)) {
+            for (int k = 0; k < K; k++) o[k] = fw_scalar(c->qt, row, k);
+        } else {
+            const int has_m = c->dec(c->qt, row, K, wq, wl, mw);
+            for (int k = 0; k < K; k++) o[k] = (float)wq[k] * wl[k >> 2] + (has_m ? mw[k >> 4] : 0.f);
+        }
+    }
+}
+
 /* out[T,K] = dequantized rows ids of W */
 ER_API int er_get_rows(int qt, const void *W, int64_t row_bytes, int K, const int64_t *ids, int T, float *out) {
     if (g_isa < 0) detect_isa();
@@ -1920,54 +1944,62 @@ ER_API int er_get_rows(int qt, const void *W, int64_t row_bytes, int K, const in
     pick_q(&dec, &core);
     (void)core;
     const int nt = nthreads();
-    int err = 0;
-#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)T * K >= (1 << 18))
-    {
-        int8_t *wq = amalloc((size_t)K);
-        float *wl = amalloc((size_t)K);
-        float *mw = amalloc((size_t)K / 4 + 64);
-        if (!wq || !wl || !mw) err = -2;
-#pragma omp for schedule(static)
-        for (int t = 0; t < T; t++) {
-            const uint8_t *row = (const uint8_t *)W + (size_t)ids[t] * row_bytes;
-            float *o = out + (size_t)t * K;
-            if (is_float_type(qt)) {
-                for (int k = 0; k < K; k++) o[k] = fw_scalar(qt, row, k);
-            } else if (wq && wl && mw) {
-                const int has_m = dec(qt, row, K, wq, wl, mw);
-                for (int k = 0; k < K; k++) o[k] = (float)wq[k] * wl[k >> 2] + (has_m ? mw[k >> 4] : 0.f);
-            }
-        }
-        free(wq); free(wl); free(mw);
-    }
-    return err;
+    getrows_ctx_t c = {qt, (const uint8_t *)W, row_bytes, K, ids, out, dec, 0};
+    pool_run(getrows_task, &c, T, nt > 1 && (int64_t)T * K >= (1 << 18) ? nt : 1, 4);
+    return c.err;
 }
 
 /* ------------------------------------------------------------ light ops */
 
-ER_API void er_rms_norm(const float *x, const float *w, float *out, int R, int D, float eps) {
-    const int nt = nthreads();
-#pragma omp parallel for num_threads(nt) if (nt > 1 && (int64_t)R * D >= (1 << 18))
-    for (int r = 0; r < R; r++) {
-        const float *xr = x + (size_t)r * D;
-        float *o = out + (size_t)r * D;
+typedef struct {
+    const float *x, *w;
+    float *out;
+    int D;
+    float eps;
+} rms_ctx_t;
+
+static void rms_task(void *p, int r0, int r1) {
+    const rms_ctx_t *c = p;
+    const int D = c->D;
+    for (int r = r0; r < r1; r++) {
+        const float *xr = c->x + (size_t)r * D;
+        float *o = c->out + (size_t)r * D;
         double ss = 0.0;
         for (int i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
-        const float sc = (float)(1.0 / sqrt(ss / D + eps));
-        if (w) for (int i = 0; i < D; i++) o[i] = xr[i] * sc * w[i];
+        const float sc = (float)(1.0 / sqrt(ss / D + c->eps));
+        if (c->w) for (int i = 0; i < D; i++) o[i] = xr[i] * sc * c->w[i];
         else for (int i = 0; i < D; i++) o[i] = xr[i] * sc;
     }
 }
 
-/* x: (T, H, D) in place; rotates the first n_rot dims of each head. neox: pairs (i, i+n_rot/2), else (2i, 2i+1) */
-ER_API void er_rope(float *x, const int32_t *pos, int T, int H, int D, int n_rot, float theta_base, int neox) {
-    const int half = n_rot / 2;
+static int light_threads(int64_t work) {
     const int nt = nthreads();
-#pragma omp parallel num_threads(nt) if (nt > 1 && (int64_t)T * H * D >= (1 << 18))
+    return nt > 1 && work >= (1 << 18) ? nt : 1;
+}
+
+ER_API void er_rms_norm(const float *x, const float *w, float *out, int R, int D, float eps) {
+    rms_ctx_t c = {x, w, out, D, eps};
+    pool_run(rms_task, &c, R, light_threads((int64_t)R * D), 1);
+}
+
+/* x: (T, H, D) in place; rotates the first n_rot dims of each head. neox: pairs (i, i+n_rot/2), else (2i, 2i+1) */
+typedef struct {
+    float *x;
+    const int32_t *pos;
+    int H, D, n_rot, neox;
+    float theta_base;
+} rope_ctx_t;
+
+static void rope_task(void *p, int t0, int t1) {
+    const rope_ctx_t *c = p;
+    float *x = c->x;
+    const int32_t *pos = c->pos;
+    const int H = c->H, D = c->D, n_rot = c->n_rot, neox = c->neox, half = n_rot / 2;
+    const float theta_base = c->theta_base;
     {
         float *cs = malloc(sizeof(float) * 2 * (half > 0 ? half : 1));
-#pragma omp for schedule(static)
-        for (int t = 0; t < T; t++) {
+        if (!cs) return;
+        for (int t = t0; t < t1; t++) {
             for (int i = 0; i < half; i++) {
                 const double th = (double)pos[t] * pow((double)theta_base, -2.0 * i / n_rot);
                 cs[2 * i] = (float)cos(th);
@@ -1987,11 +2019,21 @@ ER_API void er_rope(float *x, const int32_t *pos, int T, int H, int D, int n_rot
     }
 }
 
-ER_API void er_softmax(float *x, int R, int D) {
-    const int nt = nthreads();
-#pragma omp parallel for num_threads(nt) if (nt > 1 && (int64_t)R * D >= (1 << 18))
-    for (int r = 0; r < R; r++) {
-        float *v = x + (size_t)r * D;
+ER_API void er_rope(float *x, const int32_t *pos, int T, int H, int D, int n_rot, float theta_base, int neox) {
+    rope_ctx_t c = {x, pos, H, D, n_rot, neox, theta_base};
+    pool_run(rope_task, &c, T, light_threads((int64_t)T * H * D), 1);
+}
+
+typedef struct {
+    float *x;
+    int D;
+} softmax_ctx_t;
+
+static void softmax_task(void *p, int r0, int r1) {
+    const softmax_ctx_t *c = p;
+    const int D = c->D;
+    for (int r = r0; r < r1; r++) {
+        float *v = c->x + (size_t)r * D;
         float m = -INFINITY;
         for (int i = 0; i < D; i++) m = v[i] > m ? v[i] : m;
         double s = 0.0;
@@ -1999,6 +2041,11 @@ ER_API void er_softmax(float *x, int R, int D) {
         const float inv = (float)(1.0 / s);
         for (int i = 0; i < D; i++) v[i] *= inv;
     }
+}
+
+ER_API void er_softmax(float *x, int R, int D) {
+    softmax_ctx_t c = {x, D};
+    pool_run(softmax_task, &c, R, light_threads((int64_t)R * D), 1);
 }
 
 /* exp for the activations: branch-free so the loops vectorize (rel. error ~2e-7 on [-87, 88]) */
@@ -2040,23 +2087,25 @@ ER_CLONES static void act_gate_range(const float *g, const float *u, float *out,
     }
 }
 
+typedef struct {
+    const float *g, *u;
+    float *out;
+    int64_t n;
+    int act;
+} gate_ctx_t;
+
+#define GATE_BLK 4096
+static void gate_task(void *p, int j0, int j1) {
+    const gate_ctx_t *c = p;
+    const int64_t i0 = (int64_t)j0 * GATE_BLK, i1 = (int64_t)j1 * GATE_BLK < c->n ? (int64_t)j1 * GATE_BLK : c->n;
+    act_gate_range(c->g, c->u, c->out, i0, i1, c->act);
+}
+
 /* act: 0 = silu, 1 = gelu (tanh) */
 ER_API void er_act_gate(const float *g, const float *u, float *out, int64_t n, int act) {
-    const int nt = nthreads();
-    if (nt <= 1 || n < (1 << 18)) {
-        act_gate_range(g, u, out, 0, n, act);
-        return;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-#ifdef _OPENMP
-        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        const int64_t t = 0, T = 1;
-#endif
-        const int64_t per = (n + T - 1) / T, i0 = t * per < n ? t * per : n, i1 = i0 + per < n ? i0 + per : n;
-        act_gate_range(g, u, out, i0, i1, act);
-    }
+    if (n <= 0) return;
+    gate_ctx_t c = {g, u, out, n, act};
+    pool_run(gate_task, &c, (int)((n + GATE_BLK - 1) / GATE_BLK), light_threads(n), 1);
 }
 
 ER_API void er_add(const float *a, const float *b, float *out, int64_t n) {

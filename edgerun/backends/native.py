@@ -121,7 +121,7 @@ def set_fused(on: bool) -> bool:
 
 
 def set_pool(on: bool) -> bool:
-    """Small-batch kernels on the edgerun thread pool (True, default) or OpenMP; returns the old setting."""
+    """Use the worker pool (True, default) or only the calling thread; returns the old value."""
     return bool(_lib.er_set_pool(int(bool(on)))) if _lib is not None else False
 
 
