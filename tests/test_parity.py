@@ -114,15 +114,9 @@ def _text() -> str:
     return "\n\n".join(inspect.getdoc(m) or "" for m in mods)
 
 
-def test_perplexity_matches_llamacpp(pair):
-    name, runner, ll = pair
-    ctx, n_chunks = 256, 8  # short texts are too noisy for a 1% comparison
-    ids = runner.tokenizer.encode(_text())
-    assert len(ids) >= ctx * n_chunks
-    ppl, n, chunks = perplexity(runner, ids[: ctx * n_chunks], ctx)
-    assert chunks == n_chunks and n == n_chunks * (ctx - 1)
+def _llama_ppl(ll, ids: list[int], ctx: int) -> float:
     nll, cnt = 0.0, 0
-    for c in range(chunks):
+    for c in range(len(ids) // ctx):
         chunk = ids[c * ctx: (c + 1) * ctx]
         lg = _llama_logits(ll, chunk)[:-1].astype(np.float64)
         m = lg.max(axis=1)
@@ -130,6 +124,30 @@ def test_perplexity_matches_llamacpp(pair):
         tgt = np.array(chunk[1:])
         nll += float(np.sum(lse - lg[np.arange(len(tgt)), tgt]))
         cnt += len(tgt)
-    ref = math.exp(nll / cnt)
-    print(f"\n{name}: perplexity edgerun {ppl:.4f} llama.cpp {ref:.4f} ratio {ppl / ref:.4f}")
-    assert abs(ppl / ref - 1) < 0.01
+    return math.exp(nll / cnt)
+
+
+# Allowed |ppl / llama.cpp's ppl - 1| for the default (8-bit activation) kernels. Gemma 3's
+# activations have large outliers, so 8-bit activation rounding moves its perplexity by
+# about 2% (llama.cpp's own rounding moves it too, differently); its float32 reference
+# path is held to the 1% bound below, which checks the model itself.
+PPL_TOL = {"qwen05": 0.01, "gemma": 0.03}
+
+
+def test_perplexity_matches_llamacpp(pair):
+    name, runner, ll = pair
+    ctx, n_chunks = 256, 8  # short texts are too noisy for a 1% comparison
+    ids = runner.tokenizer.encode(_text())
+    assert len(ids) >= ctx * n_chunks
+    ids = ids[: ctx * n_chunks]
+    ppl, n, chunks = perplexity(runner, ids, ctx)
+    assert chunks == n_chunks and n == n_chunks * (ctx - 1)
+    ref = _llama_ppl(ll, ids, ctx)
+    print(f"\n{name}: perplexity edgerun[{runner.backend.name}] {ppl:.4f} llama.cpp {ref:.4f} "
+          f"ratio {ppl / ref:.4f}")
+    assert abs(ppl / ref - 1) < PPL_TOL[name]
+    if PPL_TOL[name] > 0.01:
+        exact = Runner(runner.path, n_ctx=512, n_threads=2, backend="reference")
+        ppl_ref, _, _ = perplexity(exact, ids, ctx)
+        print(f"{name}: perplexity edgerun[reference] {ppl_ref:.4f} ratio {ppl_ref / ref:.4f}")
+        assert abs(ppl_ref / ref - 1) < 0.01
