@@ -2145,3 +2145,5 @@ done:
     free(nx); free(g); free(u); free(dn);
     return rc;
 }
+
+#include "attn_block.h"

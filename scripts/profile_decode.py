@@ -39,7 +39,7 @@ def main() -> None:
             return out
         return w
 
-    for name in ("matmul", "get_rows", "ffn"):
+    for name in ("matmul", "get_rows", "ffn", "attn_block"):
         if hasattr(be, name):
             setattr(be, name, timed(getattr(be, name)))
     ids = r.tokenizer.encode("def quicksort(arr):")

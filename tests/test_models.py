@@ -127,3 +127,28 @@ def test_unknown_architecture(tmp_path):
 def test_tied_output_uses_embeddings(tmp_path):
     m = load(write_model(tmp_path / "t.gguf", tied=True))
     assert m.output is m.tok_embd
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_native_fused_blocks_match_reference(tmp_path, arch):
+    """The fused native attention/FFN blocks, over a scattered paged cache, prefill + decode."""
+    from edgerun.backends.registry import make_backend
+
+    try:
+        be = make_backend("native", 2)
+    except RuntimeError:
+        pytest.skip("native library not built")
+    path = write_model(tmp_path / "m.gguf", arch=arch, dim=256, ffn=512, n_heads=4, n_kv=2,
+                       qtype=T.Q8_0, window=3)
+    toks = list(np.random.default_rng(6).integers(0, VOCAB, 9))
+    tables = [np.array([33, 2, 50, 7])]
+    (ref,), _ = run(load(path), [(toks, 0)], tables=tables)
+    m = load(path, be)
+    (first,), kv = run(m, [(toks[:5], 0)], tables=tables)
+    got = [first]
+    for p in range(5, 9):
+        (step,), kv = run(m, [([toks[p]], p)], kv=kv, tables=tables)
+        got.append(step)
+    got = np.concatenate(got)
+    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert err < 0.03, f"{arch}: relative error {err:.4f}"

@@ -71,6 +71,9 @@ def _load() -> None:
         "er_act_gate": ([vp, vp, vp, i64, i32], None),
         "er_add": ([vp, vp, vp, i64], None),
         "er_ffn": ([vp, vp, f32, i32, vp, i64, i32, vp, i64, i32, vp, i64, i32, i32, i32, i32, vp], i32),
+        "er_attn_block": ([vp, i32, i32, vp, f32] + [i32, vp, i64, vp] * 3 + [i32, vp, i64]
+                          + [vp, vp, vp, i32, i32, i32, i32, f32, f32, f32, i32]
+                          + [vp, vp, vp, vp, vp, vp, vp, i32, vp], i32),
     }
     try:
         for name, (args, res) in sig.items():
@@ -374,6 +377,51 @@ def ffn(
     return out[0] if squeeze else out
 
 
+def attn_block(x: np.ndarray, norm_w: np.ndarray, eps: float, wq: QTensor, wk: QTensor, wv: QTensor,
+               wo: QTensor, bq: np.ndarray | None, bk: np.ndarray | None, bv: np.ndarray | None,
+               q_norm: np.ndarray | None, k_norm: np.ndarray | None, post_norm: np.ndarray | None,
+               n_heads: int, n_kv_heads: int, head_dim: int, neox: bool, rope_base: float,
+               pos_scale: float, attn_scale: float, window: int, pos: np.ndarray, kcache: np.ndarray,
+               vcache: np.ndarray, write_slots: np.ndarray, tok_seq: np.ndarray, read_slots: np.ndarray,
+               read_off: np.ndarray, max_ctx: int) -> np.ndarray:
+    """One fused attention block with residual over a paged KV cache (see native/attn_block.h).
+
+    x (T, D); kcache/vcache (slots, KVH, hd) float32, written in place at `write_slots`;
+    sequence s reads its positions from `read_slots[read_off[s]:]`. Returns x + attn(x).
+    """
+    if _lib is None:
+        raise RuntimeError("native library not loaded")
+    x = _f32c(x)
+    t, d = x.shape
+    qd, kd = n_heads * head_dim, n_kv_heads * head_dim
+    ws = [_weight(int(w.qtype), w.data, w.k) for w in (wq, wk, wv, wo)]
+    for w, (kk, nn) in zip((wq, wk, wv, wo), ((d, qd), (d, kd), (d, kd), (qd, d)), strict=True):
+        if w.k != kk or w.n != nn:
+            raise ValueError(f"{w.name}: shape ({w.n}, {w.k}) does not fit the attention block")
+    if not (kcache.flags.c_contiguous and vcache.flags.c_contiguous and kcache.dtype == np.float32):
+        raise ValueError("KV cache must be C-contiguous float32")
+
+    def opt(a: np.ndarray | None) -> object:
+        return None if a is None else _ptr(_f32c(a))
+
+    keep = [_f32c(a) for a in (bq, bk, bv, q_norm, k_norm, post_norm) if a is not None]
+    out = np.empty_like(x)
+    rc = _lib.er_attn_block(
+        _ptr(x), t, d, _ptr(_f32c(norm_w)), float(eps),
+        int(wq.qtype), ws[0][0], ws[0][1], opt(bq),
+        int(wk.qtype), ws[1][0], ws[1][1], opt(bk),
+        int(wv.qtype), ws[2][0], ws[2][1], opt(bv),
+        int(wo.qtype), ws[3][0], ws[3][1],
+        opt(q_norm), opt(k_norm), opt(post_norm),
+        n_heads, n_kv_heads, head_dim, int(bool(neox)), float(rope_base), float(pos_scale),
+        float(attn_scale), int(window), _ptr(pos), _ptr(kcache), _ptr(vcache), _ptr(write_slots),
+        _ptr(tok_seq), _ptr(read_slots), _ptr(read_off), int(max_ctx), _ptr(out))
+    del keep
+    if rc:
+        raise RuntimeError(f"er_attn_block failed ({rc})")
+    return out
+
+
 def call_overhead_noop() -> int:
     """One empty ctypes call (for measuring per-call overhead)."""
     return _lib.er_noop(1) if _lib is not None else 1
@@ -411,6 +459,10 @@ class NativeBackend:
         act: str = "silu",
     ) -> np.ndarray:
         return ffn(x, norm_w, eps, gate, up, down, act)
+
+    def attn_block(self, *args: object, **kw: object) -> np.ndarray:
+        """Fused attention block; see :func:`attn_block`."""
+        return attn_block(*args, **kw)  # type: ignore[arg-type]
 
     def set_threads(self, n: int) -> None:
         """Thread count for the kernels."""

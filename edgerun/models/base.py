@@ -228,6 +228,22 @@ class SeqBatch:
     ctx_lens: list[int]  # cache length per sequence after this step
     slot_maps: list[np.ndarray]  # per sequence: slots of all its positions 0..ctx_len-1
     want_all: list[bool]
+    _flat: dict[str, Any] | None = None
+
+    def flat(self) -> dict[str, Any]:
+        """The batch as flat arrays for fused kernels (built once per step, shared by layers)."""
+        if self._flat is None:
+            offs = np.cumsum([0] + [len(m) for m in self.slot_maps[:-1]]).astype(np.int64)
+            self._flat = dict(
+                pos=np.ascontiguousarray(self.positions, dtype=np.int32),
+                write_slots=np.concatenate([m[c - n: c] for m, c, n in
+                                            zip(self.slot_maps, self.ctx_lens, self.seq_lens)]).astype(np.int64),
+                tok_seq=np.repeat(np.arange(len(self.seq_lens), dtype=np.int32), self.seq_lens),
+                read_slots=np.concatenate(self.slot_maps).astype(np.int64),
+                read_off=offs,
+                max_ctx=int(max(self.ctx_lens)),
+            )
+        return self._flat
 
 
 class Transformer:
@@ -358,8 +374,18 @@ class Transformer:
         if a.embed_scale != 1.0:
             x = x * np.float32(a.embed_scale)
         fused = getattr(self.backend, "ffn", None)
+        fused_attn = getattr(self.backend, "attn_block", None)
         for i, ly in enumerate(self.layers):
-            x = x + self.attention_block(i, ly, x, b, kv)
+            if fused_attn is not None:
+                # One native call: norm, QKV, QK-norm, RoPE, cache write, attention, O, residual.
+                f = b.flat()
+                x = fused_attn(x, ly.attn_norm, a.norm_eps, ly.wq, ly.wk, ly.wv, ly.wo, ly.bq, ly.bk, ly.bv,
+                               ly.q_norm, ly.k_norm, ly.post_attn_norm, a.n_heads, a.n_kv_heads,
+                               a.head_dim, a.rope_neox, a.rope_bases[i], a.rope_pos_scales[i],
+                               a.attn_scale, a.windows[i], f["pos"], kv.k[i], kv.v[i], f["write_slots"],
+                               f["tok_seq"], f["read_slots"], f["read_off"], f["max_ctx"])
+            else:
+                x = x + self.attention_block(i, ly, x, b, kv)
             if fused is not None and ly.post_ffn_norm is None:
                 # One native call: norm, gate/up, activation, down and the residual add.
                 x = fused(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
