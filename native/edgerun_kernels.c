@@ -1219,6 +1219,142 @@ FZ_WRAP(fz_q4_k, fk_q45_nr(0, row, K, A, b, NR_, res))
 FZ_WRAP(fz_q5_k, fk_q45_nr(1, row, K, A, b, NR_, res))
 FZ_WRAP(fz_q6_k, fk_q6_nr(row, K, A, b, NR_, res))
 
+/* ---- B = 1 (decode) K-quant kernels over NW (<= 4) weight rows per pass: the activation loads are
+ * shared by the rows, the rows give independent dependency chains, and the NW horizontal sums are
+ * done together with one transposed-add tree (short rows, e.g. K = 1536, are dominated otherwise by
+ * the per-row reduction and setup). Same integer products and per-block float scaling as fk_*_nr. */
+
+T_V512 AI __m128 hsum4x16(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+    const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(v0, v1), _mm512_unpackhi_ps(v0, v1));
+    const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(v2, v3), _mm512_unpackhi_ps(v2, v3));
+    const __m512d a = _mm512_castps_pd(s01), c = _mm512_castps_pd(s23);
+    const __m512 t = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, c)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, c)));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps(t, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+T_V512 AI void fw_store(const __m512 *facc, int NW, float *out) {
+    const __m512 z = _mm512_setzero_ps();
+    const __m128 s = hsum4x16(facc[0], NW > 1 ? facc[1] : z, NW > 2 ? facc[2] : z, NW > 3 ? facc[3] : z);
+    if (NW == 4) _mm_storeu_ps(out, s);
+    else _mm_mask_storeu_ps(out, (__mmask8)((1u << NW) - 1), s);
+}
+
+AI int64_t fw_pf(int64_t rb, int NW) { return rb < ER_PF ? 2 * NW * rb : ER_PF; }
+
+T_V512 AI void fw_q45(int five, const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float *out) {
+    const int nb = K / 256;
+    const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const int64_t pf = fw_pf(rb, NW);
+    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16);
+    const __m512i shn = _mm512_setr_epi64(0, 0, 0, 0, 0x0004000400040004LL, 0x0004000400040004LL,
+                                          0x0004000400040004LL, 0x0004000400040004LL);
+    const __m512i im = _mm512_loadu_si512(IDX_K45_M);
+    __m512 facc[4];
+    __m256 macc[4];
+    for (int v = 0; v < NW; v++) { facc[v] = _mm512_setzero_ps(); macc[v] = _mm256_setzero_ps(); }
+    for (int i = 0; i < nb; i++) {
+        __m512i a[4];
+        for (int c = 0; c < 4; c++) a[c] = _mm512_loadu_si512(A->kq + 256 * i + 64 * c);
+        const __m256i kbv = _mm256_loadu_si256((const __m256i *)(A->kb + 16 * i));
+        const float da = A->kd[i];
+        for (int v = 0; v < NW; v++) {
+            const uint8_t *blk = W + v * rb + (size_t)i * bsz;
+            _mm_prefetch((const char *)blk + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + pf + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + pf + 128, _MM_HINT_T0);
+            const float d = _cvtsh_ss(rd16(blk)), dmin = _cvtsh_ss(rd16(blk + 2));
+            const __m128i sv = _mm_loadu_si128((const __m128i *)(blk + 4));
+            const __m128i X = _mm_srlv_epi32(_mm_shuffle_epi32(sv, _MM_SHUFFLE(2, 1, 2, 0)), _mm_setr_epi32(0, 0, 0, 4));
+            const __m128i Y = _mm_srli_epi32(_mm_shuffle_epi32(sv, _MM_SHUFFLE(1, 1, 0, 0)), 2);
+            const __m128i lo = _mm_and_si128(X, _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+            const __m128i hi = _mm_and_si128(Y, _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+            const __m512i scw = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_or_si128(lo, hi)));
+            const uint8_t *qs = blk + (five ? 48 : 16);
+            __m512i qh = _mm512_setzero_si512();
+            if (five) qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
+            __m512i isum = _mm512_setzero_si512();
+            for (int c = 0; c < 4; c++) {
+                const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+                __m512i u = _mm512_and_si512(_mm512_srlv_epi16(q, shn), m0f);
+                if (five) {
+                    const __m512i bit = _mm512_mask_mov_epi8(_mm512_set1_epi8((char)(1 << (2 * c))), 0xFFFFFFFF00000000ull,
+                                                             _mm512_set1_epi8((char)(2 << (2 * c))));
+                    u = _mm512_mask_add_epi8(u, _mm512_test_epi8_mask(qh, bit), u, h16);
+                }
+                const __m512i sc = _mm512_permutexvar_epi16(_mm512_loadu_si512(IDX_K45_SC[c]), scw);
+                isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(u, a[c]), sc);
+            }
+            facc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * da), facc[v]);
+            const __m256i m16 = _mm512_castsi512_si256(_mm512_permutexvar_epi16(im, scw));
+            const __m256i mi = _mm256_madd_epi16(m16, kbv);
+            macc[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mi), _mm256_set1_ps(dmin * da), macc[v]);
+        }
+    }
+    for (int v = 0; v < NW; v++) facc[v] = _mm512_sub_ps(facc[v], _mm512_insertf32x8(_mm512_setzero_ps(), macc[v], 0));
+    fw_store(facc, NW, out);
+}
+
+T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float *out) {
+    const int nb = K / 256;
+    const int64_t pf = fw_pf(rb, NW);
+    const __m512i m0f = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __m512i shA = _mm512_setr_epi64(0x0004000400040004LL, 0x0004000400040004LL, 0x0004000400040004LL,
+                                          0x0004000400040004LL, 0x0002000200020002LL, 0x0002000200020002LL,
+                                          0x0002000200020002LL, 0x0002000200020002LL);
+    const __m512i shB = _mm512_setr_epi64(0, 0, 0, 0, 0x0002000200020002LL, 0x0002000200020002LL,
+                                          0x0002000200020002LL, 0x0002000200020002LL);
+    __m512 facc[4];
+    for (int v = 0; v < NW; v++) facc[v] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        __m512i a[4];
+        for (int c = 0; c < 4; c++) a[c] = _mm512_loadu_si512(A->kq + 256 * i + 64 * c);
+        const __m256i kbv = _mm256_loadu_si256((const __m256i *)(A->kb + 16 * i));
+        const float da = A->kd[i];
+        for (int v = 0; v < NW; v++) {
+            const block_q6_K *bk = (const block_q6_K *)(W + v * rb) + i;
+            _mm_prefetch((const char *)bk + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)bk + pf + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)bk + pf + 128, _MM_HINT_T0);
+            _mm_prefetch((const char *)bk + pf + 192, _MM_HINT_T0);
+            const float d = _cvtsh_ss(rd16(&bk->d));
+            const __m512i scw = _mm512_cvtepi8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)bk->scales)));
+            __m512i isum = _mm512_setzero_si512();
+            for (int h = 0; h < 2; h++) {
+                const __m512i L = _mm512_loadu_si512(bk->ql + 64 * h);
+                const __m512i QH = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bk->qh + 32 * h)));
+                const __m512i uA = _mm512_ternarylogic_epi32(L, m0f, _mm512_and_si512(_mm512_sllv_epi16(QH, shA), m30), 0xEA);
+                const __m512i uB = _mm512_ternarylogic_epi32(_mm512_srli_epi16(L, 4), m0f,
+                                                             _mm512_and_si512(_mm512_srlv_epi16(QH, shB), m30), 0xEA);
+                const __m512i sA = _mm512_permutexvar_epi16(_mm512_loadu_si512(IDX_Q6K_SC[2 * h]), scw);
+                const __m512i sB = _mm512_permutexvar_epi16(_mm512_loadu_si512(IDX_Q6K_SC[2 * h + 1]), scw);
+                isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(uA, a[2 * h]), sA);
+                isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(uB, a[2 * h + 1]), sB);
+            }
+            const __m256i o = _mm256_slli_epi32(_mm256_madd_epi16(_mm512_castsi512_si256(scw), kbv), 5);
+            const __m512i t = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(o));
+            facc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * da), facc[v]);
+        }
+    }
+    fw_store(facc, NW, out);
+}
+
+typedef void (*fused_w_fn)(const uint8_t *, int64_t, int, int, const act_t *, float *);
+
+#define FW_WRAP(name, call)                                                                        \
+    T_V512 static void name(const uint8_t *W, int64_t rb, int nw, int K, const act_t *A, float *out) { \
+        switch (nw) {                                                                              \
+        case 1: { const int NW_ = 1; call; } break;                                                \
+        case 2: { const int NW_ = 2; call; } break;                                                \
+        case 3: { const int NW_ = 3; call; } break;                                                \
+        default: { const int NW_ = 4; call; } break;                                               \
+        }                                                                                          \
+    }
+
+FW_WRAP(fw_q4_k, fw_q45(0, W, rb, NW_, K, A, out))
+FW_WRAP(fw_q5_k, fw_q45(1, W, rb, NW_, K, A, out))
+FW_WRAP(fw_q6_k, fw_q6(W, rb, NW_, K, A, out))
+
 /* ---- fused AVX2 K-quant kernels (Q8_K-style activations; maddubs + madd with the sub-block scales) ---- */
 
 T_AVX2 AI __m128i kscales_sse(const uint8_t *p12) {
@@ -1645,6 +1781,15 @@ static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B);
 
 static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B,
                        float *y, int n0, int n1) {
+#ifdef ER_X86
+    if (B == 1) {
+        const fused_w_fn fw = fz == fz_q4_k ? fw_q4_k : fz == fz_q5_k ? fw_q5_k : fz == fz_q6_k ? fw_q6_k : NULL;
+        if (fw) {
+            for (int n = n0; n < n1; n += 4) fw(W + (size_t)n * row_bytes, row_bytes, n1 - n < 4 ? n1 - n : 4, K, A, y + n);
+            return;
+        }
+    }
+#endif
     for (int n = n0; n < n1; n++) {
         float res[4];
         for (int b = 0; b < B; b += 4) {
