@@ -45,6 +45,18 @@ async def wait_idle(app, pilot, timeout: float = 10.0) -> None:
     raise AssertionError("app did not become idle")
 
 
+async def until(pilot, cond, timeout: float = 10.0) -> None:
+    """Poll `cond()` until true (fixed sleeps flake on a loaded 2-core machine)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.02)
+
+
 async def send(app, pilot, text: str) -> None:
     await pilot.click("#prompt")
     app.chat.query_one("#prompt").value = text
@@ -81,7 +93,7 @@ async def test_send_and_stream_reply():
 
 
 async def test_message_before_model_ready_is_queued():
-    backend = ScriptedBackend(delay=0.001, load_delay=1.5)
+    backend = ScriptedBackend(delay=0.001, load_delay=3.0)
     app = make_app(backend=backend)
     async with app.run_test(size=(110, 36)) as pilot:
         await pilot.pause(0.05)
@@ -99,8 +111,7 @@ async def test_escape_cancels_and_input_stays_responsive():
     async with app.run_test(size=(110, 36)) as pilot:
         await wait_idle(app, pilot)
         await send(app, pilot, "long please")
-        await pilot.pause(0.3)
-        assert app.chat.streaming
+        await until(pilot, lambda: app.chat.streaming)
         await pilot.press("a", "b", "c")
         assert app.chat.query_one("#prompt").value == "abc"
         await pilot.press("escape")
@@ -132,11 +143,10 @@ async def test_ctrl_n_clears_chat():
 async def test_load_failure_is_shown():
     app = make_app(backend=ScriptedBackend(fail_load="file is not GGUF"))
     async with app.run_test(size=(110, 36)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.load_error is not None)
         assert app.load_error == "file is not GGUF"
         await send(app, pilot, "hi")
-        await pilot.pause(0.1)
-        assert bubbles(app, "error")
+        await until(pilot, lambda: bool(bubbles(app, "error")))
 
 
 async def test_history_resume_rename_delete_export(tmp_path):

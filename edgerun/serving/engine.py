@@ -380,7 +380,9 @@ class Engine:
         elif seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.n_ctx:
             self._finish(seq, "length", text=text, token_ids=[tok])
         else:
-            seq.data.handle._push(StreamEvent(text=text, token_ids=[tok]))
+            usage = Usage(prompt_tokens=seq.num_prompt_tokens, completion_tokens=seq.num_output_tokens,
+                          cached_tokens=max(seq.num_cached_tokens, 0))
+            seq.data.handle._push(StreamEvent(text=text, token_ids=[tok], usage=usage))
 
     def _finish(self, seq: Sequence, reason: str, text: str = "", token_ids: list[int] | None = None,
                 error: str | None = None, flush: bool = True) -> None:
