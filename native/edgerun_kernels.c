@@ -1668,17 +1668,26 @@ T_V512 AI void gemm_v512_g(const int8_t *const *w, const float *const *wl, const
                                               _mm512_mul_ps(_mm512_set1_ps(wl[v][blk * G / 4]), da), facc[v][gg]);
         }
     }
-    for (int v = 0; v < NW; v++) {
-        if (mw[v]) {
-            for (int g16 = 0; g16 < K / 16; g16++) {
-                const __m512 m = _mm512_set1_ps(mw[v][g16]);
-                for (int gg = 0; gg < NG; gg++)
-                    facc[v][gg] = _mm512_fmadd_ps(m, _mm512_loadu_ps(pk->XS + ((size_t)(g0 + gg) * (K / 16) + g16) * 16),
-                                                  facc[v][gg]);
+    /* additive terms: every decoder repeats each min over a pair of 16s (per-32 mins), so one FMA
+     * per 32 values with the activation sums of the pair */
+    int anym = 0;
+    for (int v = 0; v < NW; v++) anym |= mw[v] != NULL;
+    if (anym) {
+        for (int g32 = 0; g32 < K / 32; g32++) {
+            __m512 xs[2];
+            for (int gg = 0; gg < NG; gg++) {
+                const float *p = pk->XS + ((size_t)(g0 + gg) * (K / 16) + 2 * g32) * 16;
+                xs[gg] = _mm512_add_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16));
+            }
+            for (int v = 0; v < NW; v++) {
+                if (!mw[v]) continue;
+                const __m512 m = _mm512_set1_ps(mw[v][2 * g32]);
+                for (int gg = 0; gg < NG; gg++) facc[v][gg] = _mm512_fmadd_ps(m, xs[gg], facc[v][gg]);
             }
         }
-        for (int gg = 0; gg < NG; gg++) _mm512_storeu_ps(out + 32 * v + 16 * gg, facc[v][gg]);
     }
+    for (int v = 0; v < NW; v++)
+        for (int gg = 0; gg < NG; gg++) _mm512_storeu_ps(out + 32 * v + 16 * gg, facc[v][gg]);
 }
 
 T_V512 static void gemm_v512(const int8_t *const *w, const float *const *wl, const float *const *mw, int nw, int K,
