@@ -1240,12 +1240,15 @@ T_V512 AI void fw_store(const __m512 *facc, int NW, float *out) {
     else _mm_mask_storeu_ps(out, (__mmask8)((1u << NW) - 1), s);
 }
 
-AI int64_t fw_pf(int64_t rb, int NW) { return rb < ER_PF ? 2 * NW * rb : ER_PF; }
+/* prefetch: a pass reads [W, W + NW*rb) at NW blocks per step; block v of step i prefetches the
+ * matching bytes of the next pass, W + NW*rb + (i*NW + v)*bsz, one linear stream one pass ahead */
+AI const char *fw_pfp(const uint8_t *W, int64_t rb, int NW, int i, int v, size_t bsz) {
+    return (const char *)W + NW * rb + ((size_t)i * NW + v) * bsz;
+}
 
 T_V512 AI void fw_q45(int five, const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float *out) {
     const int nb = K / 256;
     const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
-    const int64_t pf = fw_pf(rb, NW);
     const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16);
     const __m512i shn = _mm512_setr_epi64(0, 0, 0, 0, 0x0004000400040004LL, 0x0004000400040004LL,
                                           0x0004000400040004LL, 0x0004000400040004LL);
@@ -1260,9 +1263,10 @@ T_V512 AI void fw_q45(int five, const uint8_t *W, int64_t rb, int NW, int K, con
         const float da = A->kd[i];
         for (int v = 0; v < NW; v++) {
             const uint8_t *blk = W + v * rb + (size_t)i * bsz;
-            _mm_prefetch((const char *)blk + pf, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + pf + 64, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + pf + 128, _MM_HINT_T0);
+            const char *pp = fw_pfp(W, rb, NW, i, v, bsz);
+            _mm_prefetch(pp, _MM_HINT_T0);
+            _mm_prefetch(pp + 64, _MM_HINT_T0);
+            _mm_prefetch(pp + 128, _MM_HINT_T0);
             const float d = _cvtsh_ss(rd16(blk)), dmin = _cvtsh_ss(rd16(blk + 2));
             const __m128i sv = _mm_loadu_si128((const __m128i *)(blk + 4));
             const __m128i X = _mm_srlv_epi32(_mm_shuffle_epi32(sv, _MM_SHUFFLE(2, 1, 2, 0)), _mm_setr_epi32(0, 0, 0, 4));
@@ -1297,7 +1301,6 @@ T_V512 AI void fw_q45(int five, const uint8_t *W, int64_t rb, int NW, int K, con
 
 T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float *out) {
     const int nb = K / 256;
-    const int64_t pf = fw_pf(rb, NW);
     const __m512i m0f = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
     const __m512i shA = _mm512_setr_epi64(0x0004000400040004LL, 0x0004000400040004LL, 0x0004000400040004LL,
                                           0x0004000400040004LL, 0x0002000200020002LL, 0x0002000200020002LL,
@@ -1313,10 +1316,11 @@ T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A
         const float da = A->kd[i];
         for (int v = 0; v < NW; v++) {
             const block_q6_K *bk = (const block_q6_K *)(W + v * rb) + i;
-            _mm_prefetch((const char *)bk + pf, _MM_HINT_T0);
-            _mm_prefetch((const char *)bk + pf + 64, _MM_HINT_T0);
-            _mm_prefetch((const char *)bk + pf + 128, _MM_HINT_T0);
-            _mm_prefetch((const char *)bk + pf + 192, _MM_HINT_T0);
+            const char *pp = fw_pfp(W, rb, NW, i, v, sizeof(block_q6_K));
+            _mm_prefetch(pp, _MM_HINT_T0);
+            _mm_prefetch(pp + 64, _MM_HINT_T0);
+            _mm_prefetch(pp + 128, _MM_HINT_T0);
+            _mm_prefetch(pp + 192, _MM_HINT_T0);
             const float d = _cvtsh_ss(rd16(&bk->d));
             const __m512i scw = _mm512_cvtepi8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)bk->scales)));
             __m512i isum = _mm512_setzero_si512();
