@@ -14,7 +14,6 @@ import pytest
 from edgerun.quant.gguf_file import GGUFError, GGUFFile, TensorInfo
 
 Q = gguf.GGMLQuantizationType
-REAL_MODEL = Path(__file__).resolve().parents[1] / "models" / "gemma-3-270m-q4_k_m.gguf"
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -427,15 +426,14 @@ def test_random_header_mutations(tmp_path: Path) -> None:
 
 
 @pytest.mark.real
-@pytest.mark.skipif(not REAL_MODEL.exists(), reason="real gemma model not downloaded")
-def test_real_gemma() -> None:
+def test_real_gemma(gemma_path: Path) -> None:
     t0 = time.perf_counter()
-    f = GGUFFile(REAL_MODEL)
+    f = GGUFFile(gemma_path)
     dt = time.perf_counter() - t0
     assert dt < 2.0, dt
     assert f.metadata["general.architecture"] == "gemma3"
     assert f.architecture == "gemma3"
-    ref = gguf.GGUFReader(str(REAL_MODEL))
+    ref = gguf.GGUFReader(str(gemma_path))
     assert len(f.tensors) == len(ref.tensors)
     toks = f.metadata["tokenizer.ggml.tokens"]
     assert isinstance(toks, list) and len(toks) > 100_000 and all(isinstance(t, str) for t in toks[:100])
