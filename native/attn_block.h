@@ -82,7 +82,7 @@ static void rope_f(float *x, const float *fpos, int T, int nh, int hd, float bas
     }
 }
 
-ER_API int er_attn_block(const float *x, int T, int D, const float *norm_w, float eps,
+static int attn_block_impl(const float *x, int T, int D, const float *norm_w, float eps,
                          int qt_q, const void *Wq, int64_t rb_q, const float *bq,
                          int qt_k, const void *Wk, int64_t rb_k, const float *bk,
                          int qt_v, const void *Wv, int64_t rb_v, const float *bv,
@@ -134,4 +134,20 @@ ER_API int er_attn_block(const float *x, int T, int D, const float *norm_w, floa
 done:
     free(nx); free(q); free(k); free(v); free(a); free(o); free(fpos);
     return rc;
+}
+
+ER_API int er_attn_block(const float *x, int T, int D, const float *norm_w, float eps,
+                         int qt_q, const void *Wq, int64_t rb_q, const float *bq,
+                         int qt_k, const void *Wk, int64_t rb_k, const float *bk,
+                         int qt_v, const void *Wv, int64_t rb_v, const float *bv,
+                         int qt_o, const void *Wo, int64_t rb_o,
+                         const float *q_norm, const float *k_norm, const float *post_norm,
+                         int H, int KVH, int hd, int neox, float rope_base, float pos_scale,
+                         float attn_scale, int window, const int32_t *pos, float *kcache, float *vcache,
+                         const int64_t *write_slots, const int32_t *tok_seq, const int64_t *read_slots,
+                         const int64_t *read_off, int max_ctx, float *out) {
+    API_TIMED(attn_block_impl(x, T, D, norm_w, eps, qt_q, Wq, rb_q, bq, qt_k, Wk, rb_k, bk, qt_v, Wv, rb_v, bv,
+                              qt_o, Wo, rb_o, q_norm, k_norm, post_norm, H, KVH, hd, neox, rope_base, pos_scale,
+                              attn_scale, window, pos, kcache, vcache, write_slots, tok_seq, read_slots, read_off,
+                              max_ctx, out));
 }

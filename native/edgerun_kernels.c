@@ -153,6 +153,20 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Wall time spent inside the outermost public entry points (matmul, get_rows, ffn,
+ * attn_block), so the Python side can measure its own and the binding's overhead. */
+static _Thread_local int t_api_depth = 0;
+static double g_api_seconds = 0.0;
+#define API_TIMED(call)                                          \
+    do {                                                         \
+        const double _t0 = t_api_depth++ == 0 ? now_s() : 0.0;   \
+        const int _rc = (call);                                  \
+        if (--t_api_depth == 0) g_api_seconds += now_s() - _t0;  \
+        return _rc;                                              \
+    } while (0)
+ER_API double er_api_seconds(void) { return g_api_seconds; }
+ER_API int er_matmul(int qt, const void *W, int64_t row_bytes, int N, int K, const float *x, int B, float *y);
+
 static void pool_work(uint32_t g, int worker) {
     const task_fn fn = P.fn;
     void *const ctx = P.ctx;
@@ -2047,7 +2061,7 @@ static int matmul_f(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, c
 }
 
 /* y[B,N] = x[B,K] @ W^T ; W rows are row_bytes apart. Returns 0 on success. */
-ER_API int er_matmul(int qt, const void *W, int64_t row_bytes, int N, int K, const float *x, int B, float *y) {
+static int matmul_impl(int qt, const void *W, int64_t row_bytes, int N, int K, const float *x, int B, float *y) {
     if (g_isa < 0) detect_isa();
     const int bs = block_size(qt);
     if (!bs) return -1;
@@ -2092,7 +2106,7 @@ static void getrows_task(void *p, int t0, int t1) {
 }
 
 /* out[T,K] = dequantized rows ids of W */
-ER_API int er_get_rows(int qt, const void *W, int64_t row_bytes, int K, const int64_t *ids, int T, float *out) {
+static int get_rows_impl(int qt, const void *W, int64_t row_bytes, int K, const int64_t *ids, int T, float *out) {
     if (g_isa < 0) detect_isa();
     const int bs = block_size(qt);
     if (!bs) return -1;
@@ -2271,9 +2285,9 @@ ER_API void er_add(const float *a, const float *b, float *out, int64_t n) {
 }
 
 /* out = x + down(act(gate(n)) * up(n)), n = rms_norm(x) * norm_w.  x, out: (B, D); gate/up: (F, D); down: (D, F) */
-ER_API int er_ffn(const float *x, const float *norm_w, float eps, int qt_g, const void *Wg, int64_t rb_g, int qt_u,
-                  const void *Wu, int64_t rb_u, int qt_d, const void *Wd, int64_t rb_d, int D, int F, int B, int act,
-                  float *out) {
+static int ffn_impl(const float *x, const float *norm_w, float eps, int qt_g, const void *Wg, int64_t rb_g, int qt_u,
+                    const void *Wu, int64_t rb_u, int qt_d, const void *Wd, int64_t rb_d, int D, int F, int B, int act,
+                    float *out) {
     if (g_isa < 0) detect_isa();
     int rc = 0;
     float *nx = amalloc(sizeof(float) * (size_t)B * D);
@@ -2305,3 +2319,15 @@ done:
 }
 
 #include "attn_block.h"
+
+ER_API int er_matmul(int qt, const void *W, int64_t row_bytes, int N, int K, const float *x, int B, float *y) {
+    API_TIMED(matmul_impl(qt, W, row_bytes, N, K, x, B, y));
+}
+ER_API int er_get_rows(int qt, const void *W, int64_t row_bytes, int K, const int64_t *ids, int T, float *out) {
+    API_TIMED(get_rows_impl(qt, W, row_bytes, K, ids, T, out));
+}
+ER_API int er_ffn(const float *x, const float *norm_w, float eps, int qt_g, const void *Wg, int64_t rb_g, int qt_u,
+                  const void *Wu, int64_t rb_u, int qt_d, const void *Wd, int64_t rb_d, int D, int F, int B, int act,
+                  float *out) {
+    API_TIMED(ffn_impl(x, norm_w, eps, qt_g, Wg, rb_g, qt_u, Wu, rb_u, qt_d, Wd, rb_d, D, F, B, act, out));
+}
