@@ -30,6 +30,11 @@
 
 #include "blocks.h"
 
+/* Batches up to this size use the register-blocked small-batch kernels; larger ones the GEMM. */
+#ifndef ER_FUSED_MAX_B
+#define ER_FUSED_MAX_B 8
+#endif
+
 
 #if defined(__x86_64__) && !defined(ER_NO_X86)
 #include <immintrin.h>
@@ -1778,7 +1783,7 @@ static void gemm_task(void *p, int q0, int q1) {
 static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y,
                        int *err) {
 #ifdef ER_X86
-    if (g_isa < ISA_AVX512VNNI || B <= 8 || !g_fused) return 0;
+    if (g_isa < ISA_AVX512VNNI || B <= ER_FUSED_MAX_B || !g_fused) return 0;
     decode_fn dec;
     core_fn core;
     pick_q(&dec, &core);
@@ -1803,7 +1808,7 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
 #endif
 }
 
-static int use_fused(int qt, int B) { return B <= 8 && g_fused && pick_fused(qt) != NULL; }
+static int use_fused(int qt, int B) { return B <= ER_FUSED_MAX_B && g_fused && pick_fused(qt) != NULL; }
 static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B); }
 
 static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B,
