@@ -165,6 +165,109 @@ def _deq_row(kind, bs, ts, row, srow, lut, out):
         _deq_block(kind, bs, row[o : o + ts], srow[o : o + ts], lut, out[b * bs : (b + 1) * bs], out, False)
 
 
+# ------------------------------------------------------------------------------ int8 decode (legacy types)
+# For B=1 with Q4_0 / Q5_0 / Q8_0 weights, x is quantized to int8 per 32 (like ggml's Q8_0) and each
+# block's dot product is an exact int32 sum; one float multiply-add per block. LLVM vectorizes
+# the 16-step integer loop far better than the float dequantize-and-FMA loop.
+
+_INT8_KINDS = (Q4_0, Q5_0, Q8_0)
+
+
+@njit(cache=True, fastmath=True)
+def _quantize_x_q8(x, xq, dx, sx):
+    """x (K,) float32 -> xq int32 (K,) in [-127, 127], dx (K/32,) scales, sx (K/32,) block sums."""
+    for b in range(x.shape[0] // 32):
+        m = _f32(0.0)
+        for i in range(32):
+            m = max(m, abs(x[b * 32 + i]))
+        inv = _f32(127.0) / m if m > 0 else _f32(0.0)
+        dx[b] = m / _f32(127.0)
+        s = np.int32(0)
+        for i in range(32):
+            q = np.int32(np.round(x[b * 32 + i] * inv))
+            xq[b * 32 + i] = q
+            s += q
+        sx[b] = s
+
+
+@njit(inline="always")
+def _d16(lut, row, o):
+    return lut[np.int32(row[o]) | (np.int32(row[o + 1]) << 8)]
+
+
+@njit(inline="always", fastmath=True)
+def _dot_q8_0(srow, o, xq, xb):
+    s = np.int32(0)
+    for j in range(32):
+        s += np.int32(srow[o + 2 + j]) * xq[xb + j]
+    return s
+
+
+@njit(inline="always", fastmath=True)
+def _dot_q5_0(row, o, xq, xb, sxb):
+    qh = (np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8) | (np.int32(row[o + 4]) << 16)
+          | (np.int32(row[o + 5]) << 24))
+    s = np.int32(0)
+    for j in range(16):
+        bb = np.int32(row[o + 6 + j])
+        lo = (bb & np.int32(15)) | (((qh >> np.int32(j)) & np.int32(1)) << np.int32(4))
+        hi = (bb >> np.int32(4)) | (((qh >> np.int32(j + 16)) & np.int32(1)) << np.int32(4))
+        s += lo * xq[xb + j] + hi * xq[xb + 16 + j]
+    return s - np.int32(16) * sxb
+
+
+@njit(inline="always", fastmath=True)
+def _dot_q4_0(row, o, xq, xb, sxb):
+    s = np.int32(0)
+    for j in range(16):
+        bb = np.int32(row[o + 2 + j])
+        s += (bb & np.int32(15)) * xq[xb + j] + (bb >> np.int32(4)) * xq[xb + 16 + j]
+    return s - np.int32(8) * sxb
+
+
+# One kernel per type: a type branch inside the block loop stops LLVM from vectorizing it.
+@njit(parallel=True, cache=True, fastmath=True)
+def _mv_q8_0(data, xq, dx, sx, lut, out):
+    sdata = data.view(np.int8)
+    for r in prange(data.shape[0]):
+        row = data[r]
+        srow = sdata[r]
+        acc = _f32(0.0)
+        for b in range(dx.shape[0]):
+            acc += _d16(lut, row, b * 34) * dx[b] * _f32(_dot_q8_0(srow, b * 34, xq, b * 32))
+        out[r] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _mv_q5_0(data, xq, dx, sx, lut, out):
+    for r in prange(data.shape[0]):
+        row = data[r]
+        acc = _f32(0.0)
+        for b in range(dx.shape[0]):
+            acc += _d16(lut, row, b * 22) * dx[b] * _f32(_dot_q5_0(row, b * 22, xq, b * 32, sx[b]))
+        out[r] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _mv_q4_0(data, xq, dx, sx, lut, out):
+    for r in prange(data.shape[0]):
+        row = data[r]
+        acc = _f32(0.0)
+        for b in range(dx.shape[0]):
+            acc += _d16(lut, row, b * 18) * dx[b] * _f32(_dot_q4_0(row, b * 18, xq, b * 32, sx[b]))
+        out[r] = acc
+
+
+def _matvec_int8(qtype: int, data: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    k = x.shape[0]
+    xq = np.empty(k, np.int32)
+    dx = np.empty(k // 32, np.float32)
+    sx = np.empty(k // 32, np.int32)
+    _quantize_x_q8(x, xq, dx, sx)
+    kernel = _mv_q8_0 if qtype == Q8_0 else _mv_q5_0 if qtype == Q5_0 else _mv_q4_0
+    kernel(data, xq, dx, sx, _F16_LUT, out)
+
+
 # ------------------------------------------------------------------------------ row kernels
 
 
@@ -292,7 +395,9 @@ def matmul(qtype: int, data: np.ndarray, x: np.ndarray) -> np.ndarray:
     else:
         bs, ts, lut = _geometry(qtype, k)
         sdata = data.view(np.int8)
-        if b == 1:
+        if b == 1 and qtype in _INT8_KINDS:
+            _matvec_int8(qtype, data, x2[0], out[0])
+        elif b == 1:
             _matvec_kernel(qtype, bs, ts, data, sdata, x2[0], lut, out[0])
         else:
             _matmul_kernel(qtype, bs, ts, data, sdata, x2, lut, out)
