@@ -84,7 +84,7 @@ static void *amalloc(size_t n) {
 #ifndef ER_PF
 #define ER_PF 1024
 #endif
-#define ER_SLOTS 11
+#define ER_SLOTS 10
 static __thread void *t_scratch[ER_SLOTS];
 static __thread size_t t_scratch_n[ER_SLOTS];
 
@@ -319,7 +319,6 @@ typedef struct {
     float *s;     /* B*K/16 scale * sum of 16 quants */
     int32_t *n;   /* B*K/4 : -128 * sum of 4 quants (VNNI offset) */
     float *s32;   /* B*K/32 scale * sum of 32 quants */
-    float *d32;   /* B*K/32 block scale */
     /* Q8_K-style (K-quant fused kernels): one scale per 256, sums per 16 */
     int8_t *kq;   /* B*K */
     float *kd;    /* B*K/256 */
@@ -401,8 +400,7 @@ static int act_alloc(act_t *a, int B, int K, int want32, int wantk) {
         a->s = scratch(2, (size_t)B * (K / 4));   /* K/16 floats */
         a->n = scratch(3, (size_t)B * K);         /* K/4 int32 */
         a->s32 = scratch(4, (size_t)B * (K / 8)); /* K/32 floats */
-        a->d32 = scratch(10, (size_t)B * (K / 8)); /* K/32 floats */
-        if (!a->q || !a->l || !a->s || !a->n || !a->s32 || !a->d32) return -1;
+        if (!a->q || !a->l || !a->s || !a->n || !a->s32) return -1;
     }
     if (wantk) {
         a->kq = scratch(5, (size_t)B * K);
@@ -462,10 +460,7 @@ static void act_quantize(act_t *a, const float *x, int B, int K) {
         for (int b = 0; b < B; b++)
             quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4,
                       a->s + (size_t)b * K / 16, a->n + (size_t)b * K / 4);
-        for (size_t i = 0; i < (size_t)B * K / 32; i++) {
-            a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
-            a->d32[i] = a->l[8 * i];
-        }
+        for (size_t i = 0; i < (size_t)B * K / 32; i++) a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
     }
     if (a->kq) {
         for (int b = 0; b < B; b++) {
@@ -1013,247 +1008,89 @@ AI uint64_t bytemask(int n) { return n >= 64 ? ~0ull : ((1ull << n) - 1); }
 /* word-permutation tables (vpermw) for two consecutive legacy blocks loaded into one zmm */
 static const uint16_t IDX_Q4_0_Q[32] = {1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
                                         10, 11, 12, 13, 14, 15, 16, 17, 10, 11, 12, 13, 14, 15, 16, 17};
+static const uint16_t IDX_Q4_0_S[32] = {0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9};
 static const uint16_t IDX_Q5_0_Q[32] = {3, 4, 5, 6, 7, 8, 9, 10, 3, 4, 5, 6, 7, 8, 9, 10,
                                         14, 15, 16, 17, 18, 19, 20, 21, 14, 15, 16, 17, 18, 19, 20, 21};
+static const uint16_t IDX_Q5_0_S[32] = {0, 0, 0, 0, 0, 0, 0, 0, 11, 11, 11, 11, 11, 11, 11, 11};
+static const uint16_t IDX_Q8_0_S[32] = {0, 0, 0, 0, 0, 0, 0, 0, 17, 17, 17, 17, 17, 17, 17, 17};
 
-/* Batch-invariant legacy kernels (Q4_0 / Q5_0 / Q8_0): exact integer dot per 32-block, then one float
- * FMA chain per output in block order, acc = fma((float)idot_b, wd_b * da_b, acc) -- the same arithmetic
- * as gemm_v512_g (G = 32), so a row's result does not depend on the batch or the path. */
-T_V512 AI __m512i hsum4x16i(__m512i a, __m512i b, __m512i c, __m512i d) {
-    const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-    const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
-    return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+T_V512 AI __m512 halfscales(__m512i idx, __m512i v) {
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, v)));
 }
 
-/* pv[k], k < 8: dpbusd lanes of block pair k (128-bit lanes 0,1: block 2k; 2,3: block 2k+1)
- * -> the 16 block sums in block order */
-T_V512 AI __m512i blocksums16(const __m512i *pv) {
-    const __m512i R = hsum4x16i(pv[0], pv[1], pv[2], pv[3]), R2 = hsum4x16i(pv[4], pv[5], pv[6], pv[7]);
-    const __m512i S = _mm512_add_epi32(_mm512_shuffle_i32x4(R, R2, _MM_SHUFFLE(2, 0, 2, 0)),
-                                       _mm512_shuffle_i32x4(R, R2, _MM_SHUFFLE(3, 1, 3, 1)));
-    /* S = [blocks 0,2,4,6 | 1,3,5,7 | 8,10,12,14 | 9,11,13,15] */
-    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15), S);
-}
-
-/* totals of up to 4 int vectors -> [t0, t1, t2, t3] (exact) */
-T_V512 AI __m128i hsum4i(__m512i a, __m512i b, __m512i c, __m512i d) {
-    const __m512i t = hsum4x16i(a, b, c, d);
-    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1));
-    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-#define HSUM4I(v, n) hsum4i((v)[0], (n) > 1 ? (v)[1] : _mm512_setzero_si512(), (n) > 2 ? (v)[2] : _mm512_setzero_si512(), \
-                            (n) > 3 ? (v)[3] : _mm512_setzero_si512())
-
-/* kind: 0 Q4_0, 1 Q5_0, 2 Q8_0 */
-T_V512 AI void fz_leg_nr(int kind, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+/* Q4_0 / Q5_0: two blocks per zmm, two accumulator sets to hide FMA latency */
+T_V512 AI void fz_q4q5_0_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FZ_SETUP();
+    __m512 acc2[4];
+    for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
+    const int bs = five ? 22 : 18;
     const int nb = K / 32;
-    const int bs = kind == 2 ? 34 : kind == 1 ? 22 : 18;
-    const int8_t *q[4];
-    const float *xl[4];
-    const int32_t *xn[4];
-    float acc[4];
-    for (int r = 0; r < NR; r++) {
-        q[r] = A->q + (size_t)(b + r) * K;
-        xl[r] = A->d32 + (size_t)(b + r) * nb;
-        xn[r] = A->n + (size_t)(b + r) * K / 4;
-        acc[r] = 0.f;
-    }
-    const __m512i iq = _mm512_loadu_si512(kind == 1 ? IDX_Q5_0_Q : IDX_Q4_0_Q);
+    const __m512i iq = _mm512_loadu_si512(five ? IDX_Q5_0_Q : IDX_Q4_0_Q);
+    const __m512i is = _mm512_loadu_si512(five ? IDX_Q5_0_S : IDX_Q4_0_S);
     const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
                                          0x0004000400040004LL, 0x0004000400040004LL);
     /* u = q | 0x80 = q + 128; the activation offsets (A->n) already hold -(128 + 8|16) * sum */
     const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16), x80 = _mm512_set1_epi8((char)0x80);
     const uint64_t m2 = bytemask(2 * bs), m1 = bytemask(bs);
-    for (int g0 = 0; g0 < nb; g0 += 16) {
-        const int gn = nb - g0 < 16 ? nb - g0 : 16;
-        __m512i pv[4][8];
-        uint16_t wdh[16] = {0};
-        for (int k = 0; k < 8; k++) {
-            const int i = g0 + 2 * k;
-            if (i >= nb) {
-                for (int r = 0; r < NR; r++) pv[r][k] = _mm512_setzero_si512();
-                continue;
-            }
-            const int two = i + 1 < nb;
-            const uint8_t *p0 = row + (size_t)i * bs;
-            _mm_prefetch((const char *)p0 + ER_PF, _MM_HINT_T0);
-            __m512i u;
-            if (kind == 2) {
-                __m512i v;
-                if (two) {
-                    v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p0 + 2)));
-                    v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)(p0 + 36)), 1);
-                } else {
-                    v = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, p0 + 2);
-                }
-                u = _mm512_xor_si512(v, x80);
-            } else {
-                const __m512i v = _mm512_maskz_loadu_epi8(two ? m2 : m1, p0);
-                u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(_mm512_permutexvar_epi16(iq, v), sh), m0f, x80, 0xEA);
-                if (kind == 1) {
-                    uint32_t h0, h1 = 0;
-                    memcpy(&h0, p0 + 2, 4);
-                    if (two) memcpy(&h1, p0 + bs + 2, 4);
-                    u = _mm512_mask_add_epi8(u, (__mmask64)h0 | ((__mmask64)h1 << 32), u, h16);
-                }
-            }
-            wdh[2 * k] = rd16(p0);
-            if (two) wdh[2 * k + 1] = rd16(p0 + bs);
-            if (two) {
-                for (int r = 0; r < NR; r++)
-                    pv[r][k] = _mm512_dpbusd_epi32(_mm512_loadu_si512(xn[r] + 8 * i), u, _mm512_loadu_si512(q[r] + 32 * i));
-            } else {
-                for (int r = 0; r < NR; r++)
-                    pv[r][k] = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(0xFF, xn[r] + 8 * i), u,
-                                                   _mm512_maskz_loadu_epi8(0xFFFFFFFFull, q[r] + 32 * i));
-            }
-        }
-        const __m512 wdv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)wdh));
-        const __mmask16 gm = (__mmask16)((1u << gn) - 1);
-        for (int r = 0; r < NR; r++) {
-            float idf[16], sf[16];
-            _mm512_storeu_ps(idf, _mm512_cvtepi32_ps(blocksums16(pv[r])));
-            _mm512_storeu_ps(sf, _mm512_mul_ps(wdv, _mm512_maskz_loadu_ps(gm, xl[r] + g0)));
-            float a = acc[r];
-            for (int j = 0; j < gn; j++) a = fmaf(idf[j], sf[j], a);
-            acc[r] = a;
-        }
+#define Q45_PAIR(ACC, i_, mask_)                                                                       \
+    {                                                                                                  \
+        const uint8_t *p0 = row + (size_t)(i_) * bs;                                                   \
+        const __m512i v = _mm512_maskz_loadu_epi8(mask_, p0);                                          \
+        __m512i u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(_mm512_permutexvar_epi16(iq, v), sh), m0f, x80, 0xEA); \
+        if (five) {                                                                                    \
+            uint32_t h0, h1 = 0;                                                                       \
+            memcpy(&h0, p0 + 2, 4);                                                                    \
+            if ((mask_) == m2) memcpy(&h1, p0 + bs + 2, 4);                                            \
+            u = _mm512_mask_add_epi8(u, (__mmask64)h0 | ((__mmask64)h1 << 32), u, h16);                \
+        }                                                                                              \
+        const __m512 s = halfscales(is, v);                                                            \
+        if ((mask_) == m2) { FZ_ACCX(ACC, u, s, 32 * (i_)); }                                          \
+        else { FZ_ACC32(u, s, 32 * (i_)); }                                                            \
     }
-    for (int r = 0; r < NR; r++) res[r] = acc[r];
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        Q45_PAIR(acc, i, m2);
+        Q45_PAIR(acc2, i + 2, m2);
+    }
+    for (; i + 2 <= nb; i += 2) Q45_PAIR(acc, i, m2);
+    if (i < nb) Q45_PAIR(acc, i, m1);
+#undef Q45_PAIR
+    for (int r = 0; r < NR; r++) acc[r] = _mm512_add_ps(acc[r], acc2[r]);
+    FZ_FINISH();
 }
 
-
-/* 16x16 int32 transpose: out[c] lane e = in[e] lane c */
-T_V512 AI void transpose16i(const __m512i *in, __m512i *out) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(in[i], in[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(in[i], in[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int m = 0; m < 4; m++) {
-        const __m512i x0 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x44), x1 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xEE);
-        const __m512i y0 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x44), y1 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xEE);
-        out[m] = _mm512_shuffle_i32x4(x0, y0, 0x88);
-        out[4 + m] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
-        out[8 + m] = _mm512_shuffle_i32x4(x1, y1, 0x88);
-        out[12 + m] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
-    }
-}
-
-/* Legacy types, a tile of nw weight rows x nr activation rows (nw * nr <= 16): lanes = outputs
- * e = v * nr + r, so the per-output block-order FMA chain (same arithmetic as fz_leg_nr and the GEMM)
- * runs 16 outputs per instruction. y[(b0 + r) * N + n0 + v]. */
-T_V512 AI void fl_tile(int kind, const uint8_t *W, int64_t rb, int nw, int K, const act_t *A, int b0, const int nr,
-                       float *y, int N, int n0) {
+T_V512 AI void fz_q8_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+    FZ_SETUP();
+    __m512 acc2[4];
+    for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
     const int nb = K / 32;
-    const int bs = kind == 2 ? 34 : kind == 1 ? 22 : 18;
-    const int ne = nw * nr;
-    const __m512i iq = _mm512_loadu_si512(kind == 1 ? IDX_Q5_0_Q : IDX_Q4_0_Q);
-    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
-                                         0x0004000400040004LL, 0x0004000400040004LL);
-    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16), x80 = _mm512_set1_epi8((char)0x80);
-    const uint64_t m2 = bytemask(2 * bs), m1 = bytemask(bs);
-    /* weight rows are read one after another (one linear stream); per 16-block group and output the
-     * block sums and scale products are parked, then transposed so the chains run across outputs */
-    const int ngr = (nb + 15) / 16;
-    __m512i *park = scratch(9, (size_t)ngr * 32 * 64);
-    if (!park) return;
-    for (int v = 0; v < nw; v++) {
-        const uint8_t *row = W + (size_t)(n0 + v) * rb;
-        for (int g0 = 0; g0 < nb; g0 += 16) {
-            const int gn = nb - g0 < 16 ? nb - g0 : 16;
-            const __mmask16 gm = (__mmask16)((1u << gn) - 1);
-            __m512i pv[4][8];
-            __m512i wdw = _mm512_setzero_si512();
-            for (int k = 0; k < 8; k++) {
-                const int i = g0 + 2 * k;
-                if (i >= nb) {
-                    for (int r = 0; r < nr; r++) pv[r][k] = _mm512_setzero_si512();
-                    continue;
-                }
-                const int two = i + 1 < nb;
-                const uint8_t *p0 = row + (size_t)i * bs;
-                _mm_prefetch((const char *)p0 + ER_PF, _MM_HINT_T0);
-                wdw = _mm512_mask_set1_epi16(wdw, (__mmask32)(1u << (2 * k)), (short)rd16(p0));
-                if (two) wdw = _mm512_mask_set1_epi16(wdw, (__mmask32)(2u << (2 * k)), (short)rd16(p0 + bs));
-                __m512i u;
-                if (kind == 2) {
-                    __m512i w;
-                    if (two) {
-                        w = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p0 + 2)));
-                        w = _mm512_inserti64x4(w, _mm256_loadu_si256((const __m256i *)(p0 + 36)), 1);
-                    } else {
-                        w = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, p0 + 2);
-                    }
-                    u = _mm512_xor_si512(w, x80);
-                } else {
-                    const __m512i w = _mm512_maskz_loadu_epi8(two ? m2 : m1, p0);
-                    u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(_mm512_permutexvar_epi16(iq, w), sh), m0f, x80, 0xEA);
-                    if (kind == 1) {
-                        uint32_t h0, h1 = 0;
-                        memcpy(&h0, p0 + 2, 4);
-                        if (two) memcpy(&h1, p0 + bs + 2, 4);
-                        u = _mm512_mask_add_epi8(u, (__mmask64)h0 | ((__mmask64)h1 << 32), u, h16);
-                    }
-                }
-                for (int r = 0; r < nr; r++) {
-                    const int8_t *q = A->q + (size_t)(b0 + r) * K + 32 * i;
-                    const int32_t *xn = A->n + (size_t)(b0 + r) * K / 4 + 8 * i;
-                    pv[r][k] = two ? _mm512_dpbusd_epi32(_mm512_loadu_si512(xn), u, _mm512_loadu_si512(q))
-                                   : _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(0xFF, xn), u,
-                                                         _mm512_maskz_loadu_epi8(0xFFFFFFFFull, q));
-                }
-            }
-            /* the group's 16 block scales of this weight row (lanes = blocks) */
-            const __m512 wd = _mm512_cvtph_ps(_mm512_castsi512_si256(wdw));
-            for (int r = 0; r < nr; r++) {
-                const __m512 da = _mm512_maskz_loadu_ps(gm, A->d32 + (size_t)(b0 + r) * nb + g0);
-                __m512i *pk = park + ((size_t)(g0 / 16) * 16 + v * nr + r) * 2;
-                pk[0] = blocksums16(pv[r]);
-                pk[1] = _mm512_castps_si512(_mm512_mul_ps(wd, da));
-            }
-        }
+    const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    const __m512i is = _mm512_loadu_si512(IDX_Q8_0_S);
+#define Q8_PAIR(ACC, i_)                                                                              \
+    {                                                                                                 \
+        const uint8_t *p0 = row + (size_t)(i_) * 34;                                                  \
+        __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p0 + 2)));            \
+        v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)(p0 + 36)), 1);                 \
+        const __m512i u = _mm512_xor_si512(v, x80);                                                   \
+        const __m512 s = halfscales(is, _mm512_loadu_si512(p0));                                      \
+        FZ_ACCX(ACC, u, s, 32 * (i_));                                                                \
     }
-    __m512 acc = _mm512_setzero_ps();
-    for (int g0 = 0; g0 < nb; g0 += 16) {
-        const int gn = nb - g0 < 16 ? nb - g0 : 16;
-        __m512i bsv[16], T[16], sv[16], S[16];
-        const __m512i *pk = park + (size_t)(g0 / 16) * 32;
-        for (int e = 0; e < 16; e++) {
-            bsv[e] = e < ne ? pk[2 * e] : _mm512_setzero_si512();
-            sv[e] = e < ne ? pk[2 * e + 1] : _mm512_setzero_si512();
-        }
-        transpose16i(bsv, T);
-        transpose16i(sv, S);
-        for (int j = 0; j < gn; j++)
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(T[j]), _mm512_castsi512_ps(S[j]), acc);
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        Q8_PAIR(acc, i);
+        Q8_PAIR(acc2, i + 2);
     }
-    float o[16];
-    _mm512_storeu_ps(o, acc);
-    for (int v = 0; v < nw; v++)
-        for (int r = 0; r < nr; r++) y[(size_t)(b0 + r) * N + n0 + v] = o[v * nr + r];
+    for (; i + 2 <= nb; i += 2) Q8_PAIR(acc, i);
+#undef Q8_PAIR
+    if (i < nb) {
+        const uint8_t *p0 = row + (size_t)i * 34;
+        const __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(0xFFFFFFFFull, p0 + 2), x80);
+        const __m512 s = halfscales(is, _mm512_maskz_loadu_epi8(bytemask(34), p0));
+        FZ_ACC32(u, s, 32 * i);
+    }
+    for (int r = 0; r < NR; r++) acc[r] = _mm512_add_ps(acc[r], acc2[r]);
+    FZ_FINISH();
 }
-
-#define FL_WRAP(name, kind_)                                                                                  \
-    T_V512 static void name(const uint8_t *W, int64_t rb, int nw, int K, const act_t *A, int b0, int nr, float *y, \
-                            int N, int n0) {                                                                  \
-        switch (nr) {                                                                                         \
-        case 1: fl_tile(kind_, W, rb, nw, K, A, b0, 1, y, N, n0); break;                                      \
-        case 2: fl_tile(kind_, W, rb, nw, K, A, b0, 2, y, N, n0); break;                                      \
-        case 3: fl_tile(kind_, W, rb, nw, K, A, b0, 3, y, N, n0); break;                                      \
-        default: fl_tile(kind_, W, rb, nw, K, A, b0, 4, y, N, n0); break;                                     \
-        }                                                                                                     \
-    }
-FL_WRAP(fl_q4_0, 0)
-FL_WRAP(fl_q5_0, 1)
-FL_WRAP(fl_q8_0, 2)
-typedef void (*fl_fn)(const uint8_t *, int64_t, int, int, const act_t *, int, int, float *, int, int);
 
 /* ---- K-quants with Q8_K-style activations (one scale per 256, sums per 16):
  * maddubs (u8 weights x s8 activations -> s16 pairs) then dpwssd with the integer
@@ -1261,12 +1098,14 @@ typedef void (*fl_fn)(const uint8_t *, int64_t, int, int, const act_t *, int, in
 
 #define FK_SETUP()                                                      \
     const int nb = K / 256;                                             \
-    __m128 fs = _mm_setzero_ps(), ms = _mm_setzero_ps();                \
-    float da4[4] = {0.f, 0.f, 0.f, 0.f};                                \
+    __m512 facc[4];                                                     \
+    __m256 macc[4];                                                     \
     const int8_t *kq[4];                                                \
     const float *kd[4];                                                 \
     const int16_t *kb[4];                                               \
     for (int r = 0; r < NR; r++) {                                      \
+        facc[r] = _mm512_setzero_ps();                                  \
+        macc[r] = _mm256_setzero_ps();                                  \
         kq[r] = A->kq + (size_t)(b + r) * K;                            \
         kd[r] = A->kd + (size_t)(b + r) * nb;                           \
         kb[r] = A->kb + (size_t)(b + r) * (K / 16);                     \
@@ -1327,22 +1166,19 @@ T_V512 AI void fk_q45_nr(int five, const uint8_t *row, int K, const act_t *A, in
             }
         }
         const __m256i m16 = _mm512_castsi512_si256(_mm512_permutexvar_epi16(im, scw));
-        __m512i mi[4];
         for (int r = 0; r < NR; r++) {
-            da4[r] = kd[r][i];
-            mi[r] = _mm512_zextsi256_si512(_mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i *)(kb[r] + 16 * i))));
+            const float da = kd[r][i];
+            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(d * da), facc[r]);
+            const __m256i mi = _mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i *)(kb[r] + 16 * i)));
+            macc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mi), _mm256_set1_ps(dmin * da), macc[r]);
         }
-        const __m128 dav = _mm_loadu_ps(da4);
-        fs = _mm_fmadd_ps(_mm_cvtepi32_ps(HSUM4I(isum, NR)), _mm_mul_ps(_mm_set1_ps(d), dav), fs);
-        ms = _mm_fmadd_ps(_mm_cvtepi32_ps(HSUM4I(mi, NR)), _mm_mul_ps(_mm_set1_ps(dmin), dav), ms);
     }
-    float o4[4];
-    _mm_storeu_ps(o4, _mm_sub_ps(fs, ms));
-    for (int r = 0; r < NR; r++) res[r] = o4[r];
+    for (int r = 0; r < NR; r++) res[r] += _mm512_reduce_add_ps(facc[r]) - hsum256(macc[r]);
 }
 
 T_V512 AI void fk_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FK_SETUP();
+    (void)macc;
     const block_q6_K *bk = (const block_q6_K *)row;
     const __m512i m0f = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
     const __m512i shA = _mm512_setr_epi64(0x0004000400040004LL, 0x0004000400040004LL, 0x0004000400040004LL,
@@ -1374,18 +1210,14 @@ T_V512 AI void fk_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR
             }
         }
         const __m256i sc16 = _mm512_castsi512_si256(scw);
-        __m512i t[4];
         for (int r = 0; r < NR; r++) {
             /* value = d*sc*(q-32): subtract 32 * sum_g sc_g * bsum_g */
             const __m256i o = _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(kb[r] + 16 * i))), 5);
-            t[r] = _mm512_sub_epi32(isum[r], _mm512_zextsi256_si512(o));
-            da4[r] = kd[r][i];
+            const __m512i t = _mm512_sub_epi32(isum[r], _mm512_zextsi256_si512(o));
+            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * kd[r][i]), facc[r]);
         }
-        fs = _mm_fmadd_ps(_mm_cvtepi32_ps(HSUM4I(t, NR)), _mm_mul_ps(_mm_set1_ps(d), _mm_loadu_ps(da4)), fs);
     }
-    float o4[4];
-    _mm_storeu_ps(o4, _mm_sub_ps(fs, ms));
-    for (int r = 0; r < NR; r++) res[r] = o4[r];
+    for (int r = 0; r < NR; r++) res[r] += _mm512_reduce_add_ps(facc[r]);
 }
 
 #define FZ_WRAP(name, call)                                                                     \
@@ -1399,9 +1231,9 @@ T_V512 AI void fk_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR
         }                                                                                       \
     }
 
-FZ_WRAP(fz_q4_0, fz_leg_nr(0, row, K, A, b, NR_, res))
-FZ_WRAP(fz_q5_0, fz_leg_nr(1, row, K, A, b, NR_, res))
-FZ_WRAP(fz_q8_0, fz_leg_nr(2, row, K, A, b, NR_, res))
+FZ_WRAP(fz_q4_0, fz_q4q5_0_nr(0, row, K, A, b, NR_, res))
+FZ_WRAP(fz_q5_0, fz_q4q5_0_nr(1, row, K, A, b, NR_, res))
+FZ_WRAP(fz_q8_0, fz_q8_0_nr(row, K, A, b, NR_, res))
 FZ_WRAP(fz_q4_k, fk_q45_nr(0, row, K, A, b, NR_, res))
 FZ_WRAP(fz_q5_k, fk_q45_nr(1, row, K, A, b, NR_, res))
 FZ_WRAP(fz_q6_k, fk_q6_nr(row, K, A, b, NR_, res))
@@ -1440,9 +1272,9 @@ T_V512 AI void fw_q45(int five, const uint8_t *W, int64_t rb, int NW, int K, con
     const __m512i shn = _mm512_setr_epi64(0, 0, 0, 0, 0x0004000400040004LL, 0x0004000400040004LL,
                                           0x0004000400040004LL, 0x0004000400040004LL);
     const __m512i im = _mm512_loadu_si512(IDX_K45_M);
-    __m128 fs = _mm_setzero_ps(), ms = _mm_setzero_ps();
-    float dv[4] = {0.f, 0.f, 0.f, 0.f}, dmv[4] = {0.f, 0.f, 0.f, 0.f};
-    __m512i isv[4], miv[4];
+    __m512 facc[4];
+    __m256 macc[4];
+    for (int v = 0; v < NW; v++) { facc[v] = _mm512_setzero_ps(); macc[v] = _mm256_setzero_ps(); }
     for (int i = 0; i < nb; i++) {
         __m512i a[4];
         for (int c = 0; c < 4; c++) a[c] = _mm512_loadu_si512(A->kq + 256 * i + 64 * c);
@@ -1476,17 +1308,14 @@ T_V512 AI void fw_q45(int five, const uint8_t *W, int64_t rb, int NW, int K, con
                 const __m512i sc = _mm512_permutexvar_epi16(_mm512_loadu_si512(IDX_K45_SC[c]), scw);
                 isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(u, a[c]), sc);
             }
+            facc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * da), facc[v]);
             const __m256i m16 = _mm512_castsi512_si256(_mm512_permutexvar_epi16(im, scw));
-            miv[v] = _mm512_zextsi256_si512(_mm256_madd_epi16(m16, kbv));
-            isv[v] = isum;
-            dv[v] = d;
-            dmv[v] = dmin;
+            const __m256i mi = _mm256_madd_epi16(m16, kbv);
+            macc[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mi), _mm256_set1_ps(dmin * da), macc[v]);
         }
-        const __m128 dav = _mm_set1_ps(da);
-        fs = _mm_fmadd_ps(_mm_cvtepi32_ps(HSUM4I(isv, NW)), _mm_mul_ps(_mm_loadu_ps(dv), dav), fs);
-        ms = _mm_fmadd_ps(_mm_cvtepi32_ps(HSUM4I(miv, NW)), _mm_mul_ps(_mm_loadu_ps(dmv), dav), ms);
     }
-    _mm_mask_storeu_ps(out, (__mmask8)((1u << NW) - 1), _mm_sub_ps(fs, ms));
+    for (int v = 0; v < NW; v++) facc[v] = _mm512_sub_ps(facc[v], _mm512_insertf32x8(_mm512_setzero_ps(), macc[v], 0));
+    fw_store(facc, NW, out);
 }
 
 T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float *out) {
@@ -1497,9 +1326,8 @@ T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A
                                           0x0002000200020002LL, 0x0002000200020002LL);
     const __m512i shB = _mm512_setr_epi64(0, 0, 0, 0, 0x0002000200020002LL, 0x0002000200020002LL,
                                           0x0002000200020002LL, 0x0002000200020002LL);
-    __m128 fs = _mm_setzero_ps();
-    float dv[4] = {0.f, 0.f, 0.f, 0.f};
-    __m512i tv[4];
+    __m512 facc[4];
+    for (int v = 0; v < NW; v++) facc[v] = _mm512_setzero_ps();
     for (int i = 0; i < nb; i++) {
         __m512i a[4];
         for (int c = 0; c < 4; c++) a[c] = _mm512_loadu_si512(A->kq + 256 * i + 64 * c);
@@ -1528,12 +1356,10 @@ T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A
             }
             const __m256i o = _mm256_slli_epi32(_mm256_madd_epi16(_mm512_castsi512_si256(scw), kbv), 5);
             const __m512i t = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(o));
-            tv[v] = t;
-            dv[v] = d;
+            facc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * da), facc[v]);
         }
-        fs = _mm_fmadd_ps(_mm_cvtepi32_ps(HSUM4I(tv, NW)), _mm_mul_ps(_mm_loadu_ps(dv), _mm_set1_ps(da)), fs);
     }
-    _mm_mask_storeu_ps(out, (__mmask8)((1u << NW) - 1), _mm_sub_ps(fs, _mm_setzero_ps()));
+    fw_store(facc, NW, out);
 }
 
 typedef void (*fused_w_fn)(const uint8_t *, int64_t, int, int, const act_t *, float *);
@@ -1907,216 +1733,6 @@ T_V512 static void gemm_v512(const int8_t *const *w, const float *const *wl, con
 }
 #endif
 
-#ifdef ER_X86
-/* ---- K-quant GEMM (B > ER_FUSED_MAX_B) with the fused kernels' Q8_K activations and arithmetic:
- * per super-block the exact integer dot sum_j sc_j * (w . a)_j and min term sum_j m_j * bsum_j, then
- * fs = fma((float)idot, d * da, fs), ms = fma((float)imin, dmin * da, ms) in super-block order, y = fs - ms.
- * Lanes are 16 activation rows; activations packed as in pack_acts. */
-typedef struct {
-    int K, G, ngroups;
-    int8_t *P;   /* ngroups * K * 16 */
-    int32_t *NS; /* ngroups * (K/G) * 16 : -128 * sum of the G quants */
-    float *DA;   /* ngroups * (K/256) * 16 : activation scale */
-    int32_t *MS; /* ngroups * (K/32) * 16 : sum of the 32 quants */
-} kpack_t;
-
-static void kpack_free(kpack_t *pk) { free(pk->P); free(pk->NS); free(pk->DA); free(pk->MS); }
-
-static int kpack_acts(kpack_t *pk, const act_t *A, int B, int K, int G) {
-    memset(pk, 0, sizeof(*pk));
-    pk->K = K; pk->G = G; pk->ngroups = (B + 15) / 16;
-    const size_t ng = (size_t)pk->ngroups;
-    pk->P = amalloc(ng * K * 16);
-    pk->NS = amalloc(ng * (K / G) * 16 * 4);
-    pk->DA = amalloc(ng * (K / 256) * 16 * 4);
-    pk->MS = amalloc(ng * (K / 32) * 16 * 4);
-    if (!pk->P || !pk->NS || !pk->DA || !pk->MS) return -1;
-    memset(pk->P, 0, ng * K * 16);
-    memset(pk->NS, 0, ng * (K / G) * 16 * 4);
-    memset(pk->DA, 0, ng * (K / 256) * 16 * 4);
-    memset(pk->MS, 0, ng * (K / 32) * 16 * 4);
-    for (int r = 0; r < B; r++) {
-        const size_t g = (size_t)(r / 16), l = (size_t)(r % 16);
-        const int8_t *q = A->kq + (size_t)r * K;
-        const int16_t *kb = A->kb + (size_t)r * (K / 16);
-        int8_t *P = pk->P + g * K * 16;
-        for (int j = 0; j < K / 4; j++) memcpy(P + ((size_t)j * 16 + l) * 4, q + 4 * j, 4);
-        for (int blk = 0; blk < K / G; blk++) {
-            int32_t t = 0;
-            for (int j = 0; j < G / 16; j++) t += kb[blk * (G / 16) + j];
-            pk->NS[(g * (K / G) + blk) * 16 + l] = -128 * t;
-        }
-        for (int j = 0; j < K / 32; j++) pk->MS[(g * (K / 32) + j) * 16 + l] = kb[2 * j] + kb[2 * j + 1];
-        for (int sb = 0; sb < K / 256; sb++) pk->DA[(g * (K / 256) + sb) * 16 + l] = A->kd[(size_t)r * (K / 256) + sb];
-    }
-    return 0;
-}
-
-/* one decoded K-quant row: int8 values (Q6_K: q - 32), integer sub-block scales / mins, d / dmin per super-block */
-typedef struct {
-    int8_t *w;
-    int32_t *sc, *m;
-    float *d, *dmin;
-} krow_t;
-
-T_AVX2 static void kdecode(int qt, const uint8_t *row, int K, krow_t *o, float *wl_tmp, float *mw_tmp) {
-    decode_avx2(qt, row, K, o->w, wl_tmp, mw_tmp);
-    const int nb = K / 256;
-    if (qt == ER_Q6_K) {
-        const block_q6_K *bk = (const block_q6_K *)row;
-        for (int i = 0; i < nb; i++) {
-            o->d[i] = _cvtsh_ss(rd16(&bk[i].d));
-            o->dmin[i] = 0.f;
-            for (int g = 0; g < 16; g++) o->sc[16 * i + g] = bk[i].scales[g];
-        }
-    } else {
-        const size_t bsz = qt == ER_Q5_K ? sizeof(block_q5_K) : sizeof(block_q4_K);
-        for (int i = 0; i < nb; i++) {
-            const uint8_t *blk = row + (size_t)i * bsz;
-            o->d[i] = _cvtsh_ss(rd16(blk));
-            o->dmin[i] = _cvtsh_ss(rd16(blk + 2));
-            for (int j = 0; j < 8; j++) {
-                int s, m;
-                get_scale_min_k4(j, blk + 4, &s, &m);
-                o->sc[8 * i + j] = s;
-                o->m[8 * i + j] = m;
-            }
-        }
-    }
-}
-
-/* NW decoded rows x NG groups of 16 activation rows; out[w][16*NG] */
-T_V512 AI void gemmk_v512_g(const krow_t *kr, const int NW, int K, const int G, int mins, const kpack_t *pk, int g0,
-                            const int NG, float *out) {
-    __m512 fs[4][2], ms[4][2];
-    __m512i iacc[4][2], isb[4][2];
-    const int nsub = 256 / G, nb = K / 256;
-    const int8_t *P[2];
-    const int32_t *NS[2], *MS[2];
-    const float *DA[2];
-    for (int gg = 0; gg < NG; gg++) {
-        for (int v = 0; v < NW; v++) fs[v][gg] = ms[v][gg] = _mm512_setzero_ps();
-        P[gg] = pk->P + (size_t)(g0 + gg) * K * 16;
-        NS[gg] = pk->NS + (size_t)(g0 + gg) * (K / G) * 16;
-        MS[gg] = pk->MS + (size_t)(g0 + gg) * (K / 32) * 16;
-        DA[gg] = pk->DA + (size_t)(g0 + gg) * nb * 16;
-    }
-    for (int sb = 0; sb < nb; sb++) {
-        for (int v = 0; v < NW; v++)
-            for (int gg = 0; gg < NG; gg++) isb[v][gg] = _mm512_setzero_si512();
-        for (int j = 0; j < nsub; j++) {
-            const int blk = sb * nsub + j;
-            for (int gg = 0; gg < NG; gg++) {
-                const __m512i ns = _mm512_loadu_si512(NS[gg] + 16 * blk);
-                for (int v = 0; v < NW; v++) iacc[v][gg] = ns;
-            }
-            for (int jj = 0; jj < G / 4; jj++) {
-                __m512i bw[4];
-                for (int v = 0; v < NW; v++) {
-                    uint32_t w4;
-                    memcpy(&w4, kr[v].w + blk * G + 4 * jj, 4);
-                    bw[v] = _mm512_set1_epi32((int)(w4 ^ 0x80808080u));
-                }
-                for (int gg = 0; gg < NG; gg++) {
-                    const __m512i a = _mm512_loadu_si512(P[gg] + ((size_t)blk * G / 4 + jj) * 64);
-                    for (int v = 0; v < NW; v++) iacc[v][gg] = _mm512_dpbusd_epi32(iacc[v][gg], bw[v], a);
-                }
-            }
-            for (int v = 0; v < NW; v++) {
-                const __m512i s = _mm512_set1_epi32(kr[v].sc[blk]);
-                for (int gg = 0; gg < NG; gg++) isb[v][gg] = _mm512_add_epi32(isb[v][gg], _mm512_mullo_epi32(iacc[v][gg], s));
-            }
-        }
-        for (int gg = 0; gg < NG; gg++) {
-            const __m512 da = _mm512_loadu_ps(DA[gg] + 16 * sb);
-            for (int v = 0; v < NW; v++)
-                fs[v][gg] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isb[v][gg]), _mm512_mul_ps(_mm512_set1_ps(kr[v].d[sb]), da),
-                                            fs[v][gg]);
-        }
-    }
-    if (mins) {
-        for (int sb = 0; sb < nb; sb++) {
-            for (int gg = 0; gg < NG; gg++) {
-                const __m512 da = _mm512_loadu_ps(DA[gg] + 16 * sb);
-                for (int v = 0; v < NW; v++) {
-                    __m512i t = _mm512_setzero_si512();
-                    for (int j = 0; j < 8; j++)
-                        t = _mm512_add_epi32(t, _mm512_mullo_epi32(_mm512_loadu_si512(MS[gg] + 16 * (8 * sb + j)),
-                                                                   _mm512_set1_epi32(kr[v].m[8 * sb + j])));
-                    ms[v][gg] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(_mm512_set1_ps(kr[v].dmin[sb]), da),
-                                                ms[v][gg]);
-                }
-            }
-        }
-    }
-    for (int v = 0; v < NW; v++)
-        for (int gg = 0; gg < NG; gg++) _mm512_storeu_ps(out + 32 * v + 16 * gg, _mm512_sub_ps(fs[v][gg], ms[v][gg]));
-}
-
-T_V512 static void gemmk_v512(const krow_t *kr, int nw, int K, int G, int mins, const kpack_t *pk, int g0, int ng,
-                              float *out) {
-#define GV(NW_, G_, NG_) gemmk_v512_g(kr, NW_, K, G_, mins, pk, g0, NG_, out)
-#define GVN(G_, NG_)                                \
-    switch (nw) {                                   \
-    case 4: GV(4, G_, NG_); break;                  \
-    case 3: GV(3, G_, NG_); break;                  \
-    case 2: GV(2, G_, NG_); break;                  \
-    default: GV(1, G_, NG_); break;                 \
-    }
-    if (G == 32) {
-        if (ng == 2) { GVN(32, 2) } else { GVN(32, 1) }
-    } else {
-        if (ng == 2) { GVN(16, 2) } else { GVN(16, 1) }
-    }
-#undef GVN
-#undef GV
-}
-
-typedef struct {
-    int qt;
-    const uint8_t *W;
-    int64_t row_bytes;
-    int N, K, G, B, t0, t1;
-    const kpack_t *pk;
-    float *y;
-    int err;
-} gemmk_ctx_t;
-
-static void gemmk_task(void *p, int q0, int q1) {
-    gemmk_ctx_t *c = p;
-    const int K = c->K, N = c->N, B = c->B;
-    /* per row: int8 K, sc K/16 ints, m K/32 ints, d/dmin K/256 floats; plus shared wl/mw temporaries */
-    const size_t per = (size_t)K + 4 * ((size_t)K / 16 + K / 32 + 2 * (K / 256)) + 64;
-    uint8_t *buf = scratch(9, 4 * per + 4 * ((size_t)K / 4 + K / 16) + 64);
-    if (!buf) { c->err = -2; return; }
-    krow_t kr[4];
-    for (int v = 0; v < 4; v++) {
-        uint8_t *b0 = buf + v * per;
-        kr[v].w = (int8_t *)b0;
-        kr[v].sc = (int32_t *)(b0 + K);
-        kr[v].m = kr[v].sc + K / 16;
-        kr[v].d = (float *)(kr[v].m + K / 32);
-        kr[v].dmin = kr[v].d + K / 256;
-    }
-    float *wl = (float *)(buf + 4 * per), *mw = wl + K / 4;
-    const int mins = c->qt != ER_Q6_K;
-    for (int np = q0; np < q1; np++) {
-        const int n = 4 * np, nw = N - n < 4 ? N - n : 4;
-        for (int v = 0; v < nw; v++) kdecode(c->qt, c->W + (size_t)(n + v) * c->row_bytes, K, &kr[v], wl, mw);
-        float out[128];
-        for (int g = c->t0; g < c->t1; g += 2) {
-            const int ng = c->t1 - g >= 2 ? 2 : 1;
-            gemmk_v512(kr, nw, K, c->G, mins, c->pk, g, ng, out);
-            for (int v = 0; v < nw; v++)
-                for (int l = 0; l < 16 * ng; l++) {
-                    const int r = 16 * g + l;
-                    if (r < B) c->y[(size_t)r * N + n + v] = out[32 * v + l];
-                }
-        }
-    }
-}
-#endif
-
 /* returns 1 when handled */
 #ifdef ER_X86
 typedef struct {
@@ -2163,43 +1779,11 @@ static void gemm_task(void *p, int q0, int q1) {
 }
 #endif
 
-static int use_fused(int qt, int B) { return B <= ER_FUSED_MAX_B && g_fused && pick_fused(qt) != NULL; }
-/* ER_KQ8K=1: K-quants on AVX-512 VNNI use Q8_K activations at every B (fused kernels, then the K GEMM),
- * which makes them batch invariant too. Off by default: per-256 activation scales cost accuracy on
- * prefill (gemma parity KL 0.004 -> 0.014 with a flipped argmax), so B > 8 keeps per-32 activations. */
-static int kq8k_all(void) {
-    static int v = -1;
-    if (v < 0) { const char *e = getenv("ER_KQ8K"); v = e && e[0] == '1'; }
-    return v;
-}
-static int wants_kact(int qt, int B) {
-    return is_kquant(qt) &&
-           (use_fused(qt, B) || (kq8k_all() && g_fused && g_isa >= ISA_AVX512VNNI && pick_fused(qt) != NULL));
-}
-
 /* returns 1 when handled */
 static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y,
                        int *err) {
 #ifdef ER_X86
-    if (g_isa < ISA_AVX512VNNI || !g_fused || use_fused(qt, B)) return 0;
-    if (is_kquant(qt) && A->kq) {
-        /* same Q8_K activations and per-super-block arithmetic as the fused kernels (batch invariance) */
-        const int G = qt == ER_Q6_K ? 16 : 32;
-        kpack_t pk;
-        if (kpack_acts(&pk, A, B, K, G)) { kpack_free(&pk); *err = -2; return 1; }
-        const int nt = nthreads();
-        const int par = nt > 1 && (int64_t)N * K * B >= (1 << 19);
-        const int GT = 4;
-        gemmk_ctx_t c = {qt, W, row_bytes, N, K, G, B, 0, 0, &pk, y, 0};
-        for (int t0 = 0; t0 < pk.ngroups; t0 += GT) {
-            c.t0 = t0;
-            c.t1 = t0 + GT < pk.ngroups ? t0 + GT : pk.ngroups;
-            pool_run(gemmk_task, &c, (N + 3) / 4, par ? nt : 1, 1);
-        }
-        *err = c.err;
-        kpack_free(&pk);
-        return 1;
-    }
+    if (g_isa < ISA_AVX512VNNI || B <= ER_FUSED_MAX_B || !g_fused) return 0;
     decode_fn dec;
     core_fn core;
     pick_q(&dec, &core);
@@ -2224,6 +1808,8 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
 #endif
 }
 
+static int use_fused(int qt, int B) { return B <= ER_FUSED_MAX_B && g_fused && pick_fused(qt) != NULL; }
+static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B); }
 
 static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B,
                        float *y, int n0, int n1) {
@@ -2232,19 +1818,6 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
         const fused_w_fn fw = fz == fz_q4_k ? fw_q4_k : fz == fz_q5_k ? fw_q5_k : fz == fz_q6_k ? fw_q6_k : NULL;
         if (fw) {
             for (int n = n0; n < n1; n += 4) fw(W + (size_t)n * row_bytes, row_bytes, n1 - n < 4 ? n1 - n : 4, K, A, y + n);
-            return;
-        }
-    }
-#endif
-#ifdef ER_X86
-    {
-        const fl_fn fl = fz == fz_q4_0 ? fl_q4_0 : fz == fz_q5_0 ? fl_q5_0 : fz == fz_q8_0 ? fl_q8_0 : NULL;
-        if (fl) {
-            for (int b = 0; b < B; b += 4) {
-                const int nr = B - b < 4 ? B - b : 4, nwmax = 16 / nr;
-                for (int n = n0; n < n1; n += nwmax)
-                    fl(W, row_bytes, n1 - n < nwmax ? n1 - n : nwmax, K, A, b, nr, y, N, n);
-            }
             return;
         }
     }
