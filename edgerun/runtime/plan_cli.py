@@ -11,28 +11,11 @@ def _gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
-def _vram_gb(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GiB, got '{s}'") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got '{s}'")
-    return v
-
-
-def _pos_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'")
-    return v
-
-
 def register(sub: Any) -> None:
     """Add the ``plan`` subcommand to the CLI's subparsers."""
+    from edgerun.cli import _nonneg_float as _vram_gb
+    from edgerun.cli import _positive_int as _pos_int
+
     p = sub.add_parser("plan", help="show where each tensor would run (CPU / GPU)")
     p.add_argument("-m", "--model", required=True, help="catalog name or path to a .gguf file")
     p.add_argument("--vram-gb", type=_vram_gb, default=None,
