@@ -12,6 +12,7 @@ import ctypes
 import os
 import sys
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -329,7 +330,31 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-_ffn_args: dict[tuple[int, int, int], tuple] = {}
+_layer_cache: dict[tuple, tuple] = {}
+
+
+def _layer_args(owner: np.ndarray, sources: tuple, build: Callable[[], tuple[tuple, list]]) -> tuple:
+    """The constant ctypes arguments of one layer's fused call, built once per layer.
+
+    `owner` (the layer's first weight) identifies the layer: its other arrays and scalar
+    parameters are fixed with it. Like `_weight`, an entry holds only weak references to the
+    source arrays, so an unloaded model is freed; `build` returns (args, derived), `derived`
+    being converted copies whose addresses `args` carry, held while the entry lives. The
+    hot path is one dict lookup and one weak-reference check.
+    """
+    e = _layer_cache.get(id(owner))
+    if e is not None and e[0]() is owner:
+        return e[1]
+    args, derived = build()
+    srcs = [a for a in sources if a is not None]
+    keep = [c for c in derived if c is not None and not any(c is a for a in srcs)]
+    if len(_layer_cache) > 4096:
+        _layer_cache.clear()
+    try:
+        _layer_cache[id(owner)] = (weakref.ref(owner), args, keep)
+    except TypeError:  # cannot be weakly referenced: do not cache
+        pass
+    return args
 
 
 def ffn(
@@ -351,29 +376,23 @@ def ffn(
         out = x2 + matmul(down.qtype, down.data, h)
         return out[0] if squeeze else out
     b, d = x2.shape
-    key = (id(gate.data), id(norm_w), d)
-    layer = _ffn_args.get(key)
-    if layer is None or layer[0] is not gate.data:
+
+    def build() -> tuple[tuple, list]:
         f = gate.n
         gd, grs = _check_w(int(gate.qtype), gate.data, d)
         ud, urs = _check_w(int(up.qtype), up.data, d)
         dd, drs = _check_w(int(down.qtype), down.data, f)
         nw = _f32c(norm_w)
-        # Constant per layer (the arrays are kept alive in the cache entry).
         args = (nw.ctypes.data, float(eps), int(gate.qtype), gd.ctypes.data, grs, int(up.qtype),
                 ud.ctypes.data, urs, int(down.qtype), dd.ctypes.data, drs, d, f)
-        layer = (gate.data, args, (nw, gd, ud, dd))
-        if len(_ffn_args) > 4096:
-            _ffn_args.clear()
-        _ffn_args[key] = layer
+        return args, [nw, gd, ud, dd]
+
+    args = _layer_args(gate.data, (up.data, down.data, norm_w), build)
     out = np.empty_like(x2)
-    rc = _lib.er_ffn(_ptr(x2), *layer[1], b, ACT[act], _ptr(out))
+    rc = _lib.er_ffn(_ptr(x2), *args, b, ACT[act], _ptr(out))
     if rc:
         raise RuntimeError(f"er_ffn failed ({rc})")
     return out[0] if squeeze else out
-
-
-_attn_args: dict[tuple[int, int, int], tuple] = {}
 
 
 def attn_block(x: np.ndarray, norm_w: np.ndarray, eps: float, wq: QTensor, wk: QTensor, wv: QTensor,
@@ -392,36 +411,34 @@ def attn_block(x: np.ndarray, norm_w: np.ndarray, eps: float, wq: QTensor, wk: Q
         raise RuntimeError("native library not loaded")
     x = _f32c(x)
     t, d = x.shape
-    key = (id(wq.data), id(norm_w), d)
-    layer = _attn_args.get(key)
-    if layer is None or layer[0] is not wq.data:
+    def build() -> tuple[tuple, list]:
         qd, kd = n_heads * head_dim, n_kv_heads * head_dim
+        norms = (norm_w, bq, bk, bv, q_norm, k_norm, post_norm)
         ws = [_weight(int(w.qtype), w.data, w.k) for w in (wq, wk, wv, wo)]
         for w, (kk, nn) in zip((wq, wk, wv, wo), ((d, qd), (d, kd), (d, kd), (qd, d)), strict=True):
             if w.k != kk or w.n != nn:
                 raise ValueError(f"{w.name}: shape ({w.n}, {w.k}) does not fit the attention block")
-        keep = [None if a is None else _f32c(a) for a in (norm_w, bq, bk, bv, q_norm, k_norm, post_norm)]
+        f = [None if a is None else _f32c(a) for a in norms]
 
         def opt(a: np.ndarray | None) -> object:
             return None if a is None else a.ctypes.data
 
-        # Constant per layer: weights, biases, norms, shapes (the arrays are kept alive in `keep`).
-        args = (opt(keep[0]), float(eps),
-                int(wq.qtype), ws[0][0], ws[0][1], opt(keep[1]),
-                int(wk.qtype), ws[1][0], ws[1][1], opt(keep[2]),
-                int(wv.qtype), ws[2][0], ws[2][1], opt(keep[3]),
+        args = (opt(f[0]), float(eps),
+                int(wq.qtype), ws[0][0], ws[0][1], opt(f[1]),
+                int(wk.qtype), ws[1][0], ws[1][1], opt(f[2]),
+                int(wv.qtype), ws[2][0], ws[2][1], opt(f[3]),
                 int(wo.qtype), ws[3][0], ws[3][1],
-                opt(keep[4]), opt(keep[5]), opt(keep[6]),
+                opt(f[4]), opt(f[5]), opt(f[6]),
                 n_heads, n_kv_heads, head_dim, int(bool(neox)), float(rope_base), float(pos_scale),
                 float(attn_scale), int(window))
-        layer = (wq.data, args, keep)
-        if len(_attn_args) > 4096:
-            _attn_args.clear()
-        _attn_args[key] = layer
+        return args, f
+
+    args = _layer_args(wq.data, (wk.data, wv.data, wo.data, norm_w, bq, bk, bv, q_norm, k_norm, post_norm),
+                       build)
     if not (kcache.flags.c_contiguous and vcache.flags.c_contiguous and kcache.dtype == np.float32):
         raise ValueError("KV cache must be C-contiguous float32")
     out = np.empty_like(x)
-    rc = _lib.er_attn_block(_ptr(x), t, d, *layer[1], _ptr(pos), kcache.ctypes.data, vcache.ctypes.data,
+    rc = _lib.er_attn_block(_ptr(x), t, d, *args, _ptr(pos), kcache.ctypes.data, vcache.ctypes.data,
                             _ptr(write_slots), _ptr(tok_seq), _ptr(read_slots), _ptr(read_off), int(max_ctx),
                             _ptr(out))
     if rc:
