@@ -190,11 +190,6 @@ def _quantize_x_q8(x, xq, dx, sx):
         sx[b] = s
 
 
-@njit(inline="always")
-def _d16(lut, row, o):
-    return lut[np.int32(row[o]) | (np.int32(row[o + 1]) << 8)]
-
-
 @njit(inline="always", fastmath=True)
 def _dot_q8_0(srow, o, xq, xb):
     s = np.int32(0)
@@ -234,7 +229,7 @@ def _mv_q8_0(data, xq, dx, sx, lut, out):
         srow = sdata[r]
         acc = _f32(0.0)
         for b in range(dx.shape[0]):
-            acc += _d16(lut, row, b * 34) * dx[b] * _f32(_dot_q8_0(srow, b * 34, xq, b * 32))
+            acc += _half(lut, row, b * 34) * dx[b] * _f32(_dot_q8_0(srow, b * 34, xq, b * 32))
         out[r] = acc
 
 
@@ -244,7 +239,7 @@ def _mv_q5_0(data, xq, dx, sx, lut, out):
         row = data[r]
         acc = _f32(0.0)
         for b in range(dx.shape[0]):
-            acc += _d16(lut, row, b * 22) * dx[b] * _f32(_dot_q5_0(row, b * 22, xq, b * 32, sx[b]))
+            acc += _half(lut, row, b * 22) * dx[b] * _f32(_dot_q5_0(row, b * 22, xq, b * 32, sx[b]))
         out[r] = acc
 
 
@@ -254,7 +249,7 @@ def _mv_q4_0(data, xq, dx, sx, lut, out):
         row = data[r]
         acc = _f32(0.0)
         for b in range(dx.shape[0]):
-            acc += _d16(lut, row, b * 18) * dx[b] * _f32(_dot_q4_0(row, b * 18, xq, b * 32, sx[b]))
+            acc += _half(lut, row, b * 18) * dx[b] * _f32(_dot_q4_0(row, b * 18, xq, b * 32, sx[b]))
         out[r] = acc
 
 
