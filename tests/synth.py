@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -77,3 +80,16 @@ def write_model(path: Path, arch: str = "llama", n_layers: int = 2, dim: int = 6
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def bench_gpu_module() -> ModuleType:
+    """scripts/bench_gpu.py as a module (its synthetic GGUF writer of real model shapes)."""
+    if "bench_gpu" in sys.modules:
+        return sys.modules["bench_gpu"]
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_gpu", root / "scripts" / "bench_gpu.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu"] = mod
+    spec.loader.exec_module(mod)
+    return mod

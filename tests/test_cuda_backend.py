@@ -5,7 +5,6 @@ Run on a GPU machine: ``pytest tests/test_cuda_backend.py -q``.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,23 +15,11 @@ from edgerun.backends import cuda
 from edgerun.backends.base import QTensor
 from edgerun.models.base import apply_rope, attention, rms_norm, rope_cos_sin
 from edgerun.quant.traits import TRAITS, dequantize, quantize
+from tests.synth import bench_gpu_module
 
 needs_gpu = pytest.mark.skipif(not cuda.available(), reason="needs an NVIDIA GPU and CuPy")
 
-ROOT = Path(__file__).resolve().parents[1]
 QTYPES = [0, 1, 30, 2, 3, 6, 7, 8, 12, 13, 14]
-
-
-def _bench_module():
-    """scripts/bench_gpu.py as a module (its synthetic GGUF writer)."""
-    if "bench_gpu" in sys.modules:
-        return sys.modules["bench_gpu"]
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +196,7 @@ def test_kv_write(be: cuda.CudaBackend) -> None:
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def synth_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bench = _bench_module()
+    bench = bench_gpu_module()
     shape = bench.Shape(f"synth-{request.param}", request.param, 3, 256, 512, 4, 2, 600,
                         qkv_bias=request.param == "qwen2", tied=request.param == "qwen2", ctx=512)
     return bench.write_synthetic_gguf(tmp_path_factory.mktemp("e2e") / f"{request.param}.gguf", shape,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,26 +22,13 @@ from edgerun.runtime.planner import (
     plan_placement,
     reserve_bytes,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_module():
-    """scripts/bench_gpu.py as a module (its synthetic GGUF writer)."""
-    if "bench_gpu" in sys.modules:
-        return sys.modules["bench_gpu"]
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from tests.synth import bench_gpu_module
 
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer llama with tiny dims, written with gguf.GGUFWriter."""
-    bench = _bench_module()
+    bench = bench_gpu_module()
     return bench.write_synthetic_gguf(tmp_path_factory.mktemp("plan") / "tiny.gguf", bench.SHAPES["tiny"])
 
 
