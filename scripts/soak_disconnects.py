@@ -17,23 +17,17 @@ import asyncio
 import json
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
+from loadtest_compare import free_port, wait_healthy  # sibling script (scripts/ is on sys.path)
 
 from edgerun.catalog import resolve_model
 
 PROMPTS = [f"Question {i}: name a {w} and say one fact about it." for i, w in
            enumerate(["planet", "river", "metal", "bird", "language", "tree", "sport", "city"])]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 MODEL = {"id": ""}
@@ -121,12 +115,7 @@ def main() -> int:
            "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_healthy(url, proc)
         stats = asyncio.run(soak(url, args.requests, args.concurrency, args.max_tokens, args.drop, args.seed))
     finally:
         proc.terminate()
