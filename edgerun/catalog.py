@@ -123,6 +123,7 @@ def pull(name: str, progress: ProgressFn | None = None, stream: TextIO | None = 
     if dest.is_file() and dest.stat().st_size == e.bytes:
         return dest
     stream = stream or sys.stderr
+    draw_bar = progress is None
     if progress is None:
         def progress(done: int, total: int, stage: str) -> None:
             _bar(done, total, f"pull {name}", stream)
@@ -152,7 +153,7 @@ def pull(name: str, progress: ProgressFn | None = None, stream: TextIO | None = 
                     done += len(buf)
                     progress(done, e.bytes, "download")
             wheels[0].unlink()
-    if stream is not None and progress is not None:
+    if draw_bar:  # end the text bar's line
         stream.write("\n")
     if done != e.bytes or h.hexdigest() != e.sha256:
         tmp_out.unlink(missing_ok=True)
