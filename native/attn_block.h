@@ -17,66 +17,228 @@ typedef struct {
     const int32_t *tok_seq, *pos;
     int H, KVH, hd, window, max_ctx;
     float *out;
+    int nsplit;
 } attn_ctx_t;
 
-static inline float er_dotf(const float *a, const float *b, int n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+/* a . b over n floats (n a multiple of 16 vectorizes fully) */
+AI float er_dotf(const float *a, const float *b, int n) {
+    float acc[16] = {0};
     int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) acc[k] += a[i + k] * b[i + k];
     float s = 0.f;
     for (; i < n; i++) s += a[i] * b[i];
-    for (int k = 0; k < 8; k++) s += acc[k];
+    for (int k = 0; k < 16; k++) s += acc[k];
     return s;
 }
 
-static void attn_task(void *p, int i0, int i1) {
-    const attn_ctx_t *c = p;
-    const int H = c->H, hd = c->hd, group = c->H / c->KVH, KVH = c->KVH;
-    float *sc = malloc(sizeof(float) * (size_t)(c->max_ctx > 0 ? c->max_ctx : 1));
-    if (!sc) return;
-    for (int i = i0; i < i1; i++) {
-        const int t = i / H, h = i % H, g = h / group;
-        const int s = c->tok_seq[t], pos = c->pos[t];
-        const int lo = c->window > 0 && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
-        const int64_t *sl = c->rslots + c->roff[s];
-        const float *qv = c->q + ((size_t)t * H + h) * hd;
+/* token t, KV head g, its query heads [h0, h1) of the G = H / KVH sharing g: each K and V row is
+ * read once for all of them (generic code; see attn_one_v512 for the AVX-512 one) */
+ER_CLONES static void attn_one(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc) {
+    const int H = c->H, hd = c->hd, KVH = c->KVH, G = h1 - h0;
+    const int s = c->tok_seq[t], pos = c->pos[t];
+    const int lo = c->window > 0 && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
+    const int n = pos - lo + 1;
+    const int64_t *sl = c->rslots + c->roff[s] + lo;
+    const float *q = c->q + ((size_t)t * H + (size_t)g * (H / KVH) + h0) * hd;
+    float *o = c->out + ((size_t)t * H + (size_t)g * (H / KVH) + h0) * hd;
+    for (int j = 0; j < n; j++) {
+        const float *kr = c->kc + ((size_t)sl[j] * KVH + g) * hd;
+        for (int h = 0; h < G; h++) sc[(size_t)h * n + j] = er_dotf(q + (size_t)h * hd, kr, hd);
+    }
+    for (int h = 0; h < G; h++) {
+        float *r = sc + (size_t)h * n;
         float m = -INFINITY;
-        for (int j = lo; j <= pos; j++) {
-            const float v = er_dotf(qv, c->kc + ((size_t)sl[j] * KVH + g) * hd, hd);
-            sc[j - lo] = v;
-            if (v > m) m = v;
-        }
+        for (int j = 0; j < n; j++) m = r[j] > m ? r[j] : m;
+        for (int j = 0; j < n; j++) r[j] = fast_expf(r[j] - m);
         float sum = 0.f;
-        for (int j = 0; j <= pos - lo; j++) {
-            sc[j] = expf(sc[j] - m);
-            sum += sc[j];
-        }
+        for (int j = 0; j < n; j++) sum += r[j];
         const float inv = 1.f / sum;
-        float *o = c->out + ((size_t)t * H + h) * hd;
-        for (int d = 0; d < hd; d++) o[d] = 0.f;
-        for (int j = lo; j <= pos; j++) {
-            const float w = sc[j - lo] * inv;
-            const float *vv = c->vc + ((size_t)sl[j] * KVH + g) * hd;
-            for (int d = 0; d < hd; d++) o[d] += w * vv[d];
+        for (int j = 0; j < n; j++) r[j] *= inv;
+        memset(o + (size_t)h * hd, 0, sizeof(float) * (size_t)hd);
+    }
+    for (int j = 0; j < n; j++) {
+        const float *vr = c->vc + ((size_t)sl[j] * KVH + g) * hd;
+        for (int h = 0; h < G; h++) {
+            const float w = sc[(size_t)h * n + j];
+            float *oh = o + (size_t)h * hd;
+            for (int d = 0; d < hd; d++) oh[d] += w * vr[d];
         }
     }
-    free(sc);
 }
 
-/* RoPE on (T, nh, hd) at float positions; neox pairs (i, i+hd/2), else (2i, 2i+1). */
-static void rope_f(float *x, const float *fpos, int T, int nh, int hd, float base, int neox) {
+#ifdef ER_X86
+/* 16 vectors -> one vector of their 16 horizontal sums, in order */
+T_V512 AI __m512 hsum16x16(const __m512 *a) {
+    __m512 b[8], c[4];
+    for (int k = 0; k < 8; k++)
+        b[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
+    for (int k = 0; k < 4; k++) {
+        const __m512d x = _mm512_castps_pd(b[2 * k]), y = _mm512_castps_pd(b[2 * k + 1]);
+        c[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    const __m512 d0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+    const __m512 d1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
+}
+
+/* fast_expf on 16 lanes (same polynomial and range reduction) */
+T_V512 AI __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(88.f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* r[0..n) <- exp(r - max r) / sum, 16 lanes at a time */
+T_V512 AI void softmax_v512(float *r, int n) {
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 16 <= n; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(r + j));
+    const __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
+    if (tail) mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, r + j));
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+    __m512 sv = _mm512_setzero_ps();
+    for (j = 0; j + 16 <= n; j += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(r + j), m));
+        _mm512_storeu_ps(r + j, e);
+        sv = _mm512_add_ps(sv, e);
+    }
+    if (tail) {
+        const __m512 e = _mm512_maskz_mov_ps(tail, exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(m, tail, r + j), m)));
+        _mm512_mask_storeu_ps(r + j, tail, e);
+        sv = _mm512_add_ps(sv, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sv));
+    for (j = 0; j + 16 <= n; j += 16) _mm512_storeu_ps(r + j, _mm512_mul_ps(_mm512_loadu_ps(r + j), inv));
+    if (tail) _mm512_mask_storeu_ps(r + j, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, r + j), inv));
+}
+
+/* attn_one with AVX-512 for head_dim = 16 * NV: the scores of 16 positions per reduction tree (their
+ * K rows stay in L1 for every head), then V in blocks of 32 positions (16 KiB at head_dim 128) that
+ * stay in L1 while each head accumulates its output in registers */
+T_V512 AI void attn_one_v512(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc, const int NV) {
+    const int H = c->H, hd = 16 * NV, KVH = c->KVH, G = h1 - h0;
+    const int s = c->tok_seq[t], pos = c->pos[t];
+    const int lo = c->window > 0 && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
+    const int n = pos - lo + 1;
+    const int64_t *sl = c->rslots + c->roff[s] + lo;
+    const float *q = c->q + ((size_t)t * H + (size_t)g * (H / KVH) + h0) * hd;
+    float *o = c->out + ((size_t)t * H + (size_t)g * (H / KVH) + h0) * hd;
+    for (int j0 = 0; j0 < n; j0 += 16) {
+        const int nj = n - j0 < 16 ? n - j0 : 16;
+        const float *kr[16];
+        for (int jj = 0; jj < 16; jj++) kr[jj] = c->kc + ((size_t)sl[j0 + (jj < nj ? jj : 0)] * KVH + g) * hd;
+        for (int h = 0; h < G; h++) {
+            const float *qh = q + (size_t)h * hd;
+            __m512 acc[16];
+            for (int jj = 0; jj < 16; jj++) {
+                __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(qh), _mm512_loadu_ps(kr[jj]));
+                for (int v = 1; v < NV; v++)
+                    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * v), _mm512_loadu_ps(kr[jj] + 16 * v), s0);
+                acc[jj] = s0;
+            }
+            _mm512_mask_storeu_ps(sc + (size_t)h * n + j0, (__mmask16)((1u << nj) - 1), hsum16x16(acc));
+        }
+    }
+    for (int h = 0; h < G; h++) softmax_v512(sc + (size_t)h * n, n);
+    for (int j0 = 0; j0 < n; j0 += 32) {
+        const int j1 = j0 + 32 < n ? j0 + 32 : n;
+        for (int h = 0; h < G; h++) {
+            const float *r = sc + (size_t)h * n;
+            float *oh = o + (size_t)h * hd;
+            __m512 acc[NV];
+            for (int v = 0; v < NV; v++) acc[v] = j0 ? _mm512_loadu_ps(oh + 16 * v) : _mm512_setzero_ps();
+            for (int j = j0; j < j1; j++) {
+                const float *vr = c->vc + ((size_t)sl[j] * KVH + g) * hd;
+                const __m512 w = _mm512_set1_ps(r[j]);
+                for (int v = 0; v < NV; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + 16 * v), acc[v]);
+            }
+            for (int v = 0; v < NV; v++) _mm512_storeu_ps(oh + 16 * v, acc[v]);
+        }
+    }
+}
+
+/* 0 when head_dim has no AVX-512 variant */
+T_V512 static int attn_one_v512_hd(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc) {
+    switch (c->hd) {
+    case 64: attn_one_v512(c, t, g, h0, h1, sc, 4); return 1;
+    case 128: attn_one_v512(c, t, g, h0, h1, sc, 8); return 1;
+    case 256: attn_one_v512(c, t, g, h0, h1, sc, 16); return 1;
+    default: return 0;
+    }
+}
+#endif
+
+/* jobs i = (t * KVH + g) * nsplit + part: part of the query heads of KV head g (nsplit > 1 only
+ * when there are fewer (token, KV head) pairs than threads) */
+static void attn_task(void *p, int i0, int i1) {
+    const attn_ctx_t *c = p;
+    const int G = c->H / c->KVH, ns = c->nsplit, per = (G + ns - 1) / ns;
+    float *sc = scratch(11, sizeof(float) * (size_t)per * (size_t)(c->max_ctx > 0 ? c->max_ctx : 1));
+    if (!sc) return;
+    for (int i = i0; i < i1; i++) {
+        const int tg = i / ns, h0 = (i % ns) * per, h1 = h0 + per < G ? h0 + per : G;
+        if (h0 >= h1) continue;
+#ifdef ER_X86
+        if (g_isa >= ISA_AVX512VNNI && attn_one_v512_hd(c, tg / c->KVH, tg % c->KVH, h0, h1, sc)) continue;
+#endif
+        attn_one(c, tg / c->KVH, tg % c->KVH, h0, h1, sc);
+    }
+}
+
+/* inverse frequencies base^(-2i/hd), i < hd/2, for the last few (base, hd) pairs asked for */
+static const double *rope_inv_freq(float base, int hd) {
+    enum { NCACHE = 4, MAXHALF = 512 };
+    static _Thread_local struct { float base; int hd; double f[MAXHALF]; } cache[NCACHE];
+    static _Thread_local int next = 0;
+    if (hd / 2 > MAXHALF) return NULL;
+    for (int e = 0; e < NCACHE; e++)
+        if (cache[e].hd == hd && cache[e].base == base) return cache[e].f;
+    const int e = next;
+    next = (next + 1) % NCACHE;
+    for (int i = 0; i < hd / 2; i++) cache[e].f[i] = pow((double)base, -2.0 * i / hd);
+    cache[e].base = base;
+    cache[e].hd = hd;
+    return cache[e].f;
+}
+
+/* cos/sin (T, hd/2) of pos[t] * pos_scale * base^(-2i/hd), in double like the reference */
+static void rope_angles(const int32_t *pos, float pos_scale, int T, int hd, float base, float *cs, float *sn) {
+    const double *f = rope_inv_freq(base, hd);
     const int half = hd / 2;
     for (int t = 0; t < T; t++) {
+        const double p = (double)((float)pos[t] * pos_scale);
         for (int i = 0; i < half; i++) {
-            const double th = (double)fpos[t] * pow((double)base, -2.0 * i / hd);
-            const float cs = (float)cos(th), sn = (float)sin(th);
-            for (int h = 0; h < nh; h++) {
-                float *v = x + ((size_t)t * nh + h) * hd;
+            const double th = p * (f ? f[i] : pow((double)base, -2.0 * i / hd));
+            cs[(size_t)t * half + i] = (float)cos(th);
+            sn[(size_t)t * half + i] = (float)sin(th);
+        }
+    }
+}
+
+/* RoPE of (T, nh, hd) in place at the angles cs/sn (T, hd/2); neox pairs (i, i+hd/2), else (2i, 2i+1) */
+static void rope_apply(float *x, const float *cs, const float *sn, int T, int nh, int hd, int neox) {
+    const int half = hd / 2;
+    for (int t = 0; t < T; t++) {
+        const float *ct = cs + (size_t)t * half, *st = sn + (size_t)t * half;
+        for (int h = 0; h < nh; h++) {
+            float *v = x + ((size_t)t * nh + h) * hd;
+            for (int i = 0; i < half; i++) {
                 const int a0 = neox ? i : 2 * i, a1 = neox ? i + half : 2 * i + 1;
                 const float a = v[a0], b = v[a1];
-                v[a0] = a * cs - b * sn;
-                v[a1] = a * sn + b * cs;
+                v[a0] = a * ct[i] - b * st[i];
+                v[a1] = a * st[i] + b * ct[i];
             }
         }
     }
@@ -102,37 +264,45 @@ static int attn_block_impl(const float *x, int T, int D, const float *norm_w, fl
     float *v = amalloc(sizeof(float) * (size_t)T * KD);
     float *a = amalloc(sizeof(float) * (size_t)T * QD);
     float *o = amalloc(sizeof(float) * (size_t)T * D);
-    float *fpos = amalloc(sizeof(float) * (size_t)T);
-    if (!nx || !q || !k || !v || !a || !o || !fpos) { rc = -2; goto done; }
+    float *cs = amalloc(sizeof(float) * (size_t)T * (hd / 2));
+    float *sn = amalloc(sizeof(float) * (size_t)T * (hd / 2));
+    if (!nx || !q || !k || !v || !a || !o || !cs || !sn) { rc = -2; goto done; }
     er_rms_norm(x, norm_w, nx, T, D, eps);
-    if ((rc = er_matmul(qt_q, Wq, rb_q, QD, D, nx, T, q))) goto done;
-    if ((rc = er_matmul(qt_k, Wk, rb_k, KD, D, nx, T, k))) goto done;
-    if ((rc = er_matmul(qt_v, Wv, rb_v, KD, D, nx, T, v))) goto done;
+    {
+        const int qts[3] = {qt_q, qt_k, qt_v}, ns[3] = {QD, KD, KD};
+        const void *const ws[3] = {Wq, Wk, Wv};
+        const int64_t rbs[3] = {rb_q, rb_k, rb_v};
+        float *const ys[3] = {q, k, v};
+        if ((rc = matmul_multi(3, qts, ws, rbs, ns, D, nx, T, ys))) goto done;
+    }
     for (int t = 0; t < T; t++) {
         if (bq) for (int i = 0; i < QD; i++) q[(size_t)t * QD + i] += bq[i];
         if (bk) for (int i = 0; i < KD; i++) k[(size_t)t * KD + i] += bk[i];
         if (bv) for (int i = 0; i < KD; i++) v[(size_t)t * KD + i] += bv[i];
-        fpos[t] = (float)pos[t] * pos_scale;
     }
     if (q_norm) er_rms_norm(q, q_norm, q, T * H, hd, eps);
     if (k_norm) er_rms_norm(k, k_norm, k, T * KVH, hd, eps);
-    rope_f(q, fpos, T, H, hd, rope_base, neox);
-    rope_f(k, fpos, T, KVH, hd, rope_base, neox);
+    rope_angles(pos, pos_scale, T, hd, rope_base, cs, sn);
+    rope_apply(q, cs, sn, T, H, hd, neox);
+    rope_apply(k, cs, sn, T, KVH, hd, neox);
     for (size_t i = 0; i < (size_t)T * QD; i++) q[i] *= attn_scale;
     for (int t = 0; t < T; t++) {
         memcpy(kcache + (size_t)write_slots[t] * KD, k + (size_t)t * KD, sizeof(float) * KD);
         memcpy(vcache + (size_t)write_slots[t] * KD, v + (size_t)t * KD, sizeof(float) * KD);
     }
     {
-        attn_ctx_t c = {q, kcache, vcache, read_slots, read_off, tok_seq, pos, H, KVH, hd, window, max_ctx, a};
         const int64_t work = (int64_t)T * H * (max_ctx > 0 ? max_ctx : 1) * hd;
-        pool_run(attn_task, &c, T * H, nthreads() > 1 && work >= (1 << 15) ? nthreads() : 1, 1);
+        const int nt = nthreads() > 1 && work >= (1 << 15) ? nthreads() : 1, G = H / KVH;
+        int ns = T * KVH >= nt ? 1 : (nt + T * KVH - 1) / (T * KVH);
+        if (ns > G) ns = G;
+        attn_ctx_t c = {q, kcache, vcache, read_slots, read_off, tok_seq, pos, H, KVH, hd, window, max_ctx, a, ns};
+        pool_run(attn_task, &c, T * KVH * ns, nt, 1);
     }
     if ((rc = er_matmul(qt_o, Wo, rb_o, D, QD, a, T, o))) goto done;
     if (post_norm) er_rms_norm(o, post_norm, o, T, D, eps);
     for (size_t i = 0; i < (size_t)T * D; i++) out[i] = x[i] + o[i];
 done:
-    free(nx); free(q); free(k); free(v); free(a); free(o); free(fpos);
+    free(nx); free(q); free(k); free(v); free(a); free(o); free(cs); free(sn);
     return rc;
 }
 

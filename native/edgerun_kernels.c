@@ -84,7 +84,7 @@ static void *amalloc(size_t n) {
 #ifndef ER_PF
 #define ER_PF 1024
 #endif
-#define ER_SLOTS 10
+#define ER_SLOTS 12
 static __thread void *t_scratch[ER_SLOTS];
 static __thread size_t t_scratch_n[ER_SLOTS];
 
@@ -1817,7 +1817,10 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
     if (B == 1) {
         const fused_w_fn fw = fz == fz_q4_k ? fw_q4_k : fz == fz_q5_k ? fw_q5_k : fz == fz_q6_k ? fw_q6_k : NULL;
         if (fw) {
-            for (int n = n0; n < n1; n += 4) fw(W + (size_t)n * row_bytes, row_bytes, n1 - n < 4 ? n1 - n : 4, K, A, y + n);
+            /* rows per pass: 2 for short rows; 1 for long ones, whose row-interleaved reads cost
+             * more bandwidth than the shared activation loads save (1.5B ffn_down: 24.7 vs 17.6 GB/s) */
+            const int nwx = K >= 4096 ? 1 : 2;
+            for (int n = n0; n < n1; n += nwx) fw(W + (size_t)n * row_bytes, row_bytes, n1 - n < nwx ? n1 - n : nwx, K, A, y + n);
             return;
         }
     }
@@ -1887,27 +1890,33 @@ static void rows_task(void *p, int n0, int n1) {
     }
 }
 
+/* Q4_0 / Q5_0 weights enter the fused kernels as q + 128 with q = value + 8 (16): their
+ * activation block sums carry the offset -(128 + 8) * sum (or 144). A copy of A with those sums. */
+static const act_t *act_offset_variant(int qt, const act_t *A, int B, int K, act_t *A2, int slot) {
+    if (qt != ER_Q4_0 && qt != ER_Q5_0) return A;
+    const size_t m = (size_t)B * K / 4;
+    int32_t *xn = scratch(slot, m * 4);
+    if (!xn) return NULL;
+    const int sh = qt == ER_Q4_0 ? 4 : 3;
+    for (size_t i = 0; i < m; i++) xn[i] = A->n[i] + (A->n[i] >> sh);
+    *A2 = *A;
+    A2->n = xn;
+    return A2;
+}
+
+static int par_worth(int64_t N, int K, int B) { return nthreads() > 1 && N * K * (B < 4 ? B : 4) >= (1 << 19); }
+
 static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y) {
     decode_fn dec;
     core_fn core;
     pick_q(&dec, &core);
     const int nt = nthreads();
-    const int par = nt > 1 && (int64_t)N * K * (B < 4 ? B : 4) >= (1 << 19);
+    const int par = par_worth(N, K, B);
     int err = 0;
     const fused_fn fz = use_fused(qt, B) ? pick_fused(qt) : NULL;
-    act_t A2;
-    if (fz && (qt == ER_Q4_0 || qt == ER_Q5_0)) {
-        /* weights enter as q + 128 with q = value + 8 (16): offset -(128 + 8) * sum (or 144) */
-        const size_t m = (size_t)B * K / 4;
-        int32_t *xn = scratch(8, m * 4);
-        if (!xn) return -2;
-        const int sh = qt == ER_Q4_0 ? 4 : 3;
-        for (size_t i = 0; i < m; i++) xn[i] = A->n[i] + (A->n[i] >> sh);
-        A2 = *A;
-        A2.n = xn;
-        A = &A2;
-    }
     if (fz) {
+        act_t A2;
+        if (!(A = act_offset_variant(qt, A, B, K, &A2, 8))) return -2;
         if (!par) {
             fused_rows(fz, W, row_bytes, N, K, A, B, y, 0, N);
             return 0;
@@ -1924,6 +1933,73 @@ static int matmul_q_act(int qt, const uint8_t *W, int64_t row_bytes, int N, int 
         pool_run(rows_task, &c, N, par ? nt : 1, 8);
     }
     return c.err;
+}
+
+/* ---- several matrices over the same small batch: one activation quantization, one pool job */
+
+#define ER_MULTI_MAX 4
+typedef struct {
+    int nm, K, B;
+    int start[ER_MULTI_MAX + 1]; /* matrix m owns job rows [start[m], start[m+1]) */
+    fused_fn fz[ER_MULTI_MAX];
+    const uint8_t *W[ER_MULTI_MAX];
+    int64_t rb[ER_MULTI_MAX];
+    int N[ER_MULTI_MAX];
+    float *y[ER_MULTI_MAX];
+    const act_t *A[ER_MULTI_MAX];
+} multi_ctx_t;
+
+static void multi_task(void *p, int n0, int n1) {
+    const multi_ctx_t *c = p;
+    for (int m = 0; m < c->nm; m++) {
+        const int lo = n0 > c->start[m] ? n0 : c->start[m], hi = n1 < c->start[m + 1] ? n1 : c->start[m + 1];
+        if (lo < hi)
+            fused_rows(c->fz[m], c->W[m], c->rb[m], c->N[m], c->K, c->A[m], c->B, c->y[m], lo - c->start[m],
+                       hi - c->start[m]);
+    }
+}
+
+/* y[m] = x @ W[m]^T for nm <= 4 matrices with the same K (e.g. Q, K and V). Batches the fused
+ * kernels take run as one job; otherwise one matmul each. */
+static int matmul_multi(int nm, const int *qt, const void *const *W, const int64_t *rb, const int *N, int K,
+                        const float *x, int B, float *const *y) {
+    if (g_isa < 0) detect_isa();
+    int ok = nm >= 1 && nm <= ER_MULTI_MAX, need32 = 0, needk = 0;
+    for (int m = 0; ok && m < nm; m++) {
+        const int bs = block_size(qt[m]);
+        ok = bs && !is_float_type(qt[m]) && K % bs == 0 && use_fused(qt[m], B);
+        if (is_kquant(qt[m])) needk = 1; else need32 = 1;
+    }
+    if (!ok) {
+        for (int m = 0; m < nm; m++) {
+            const int rc = er_matmul(qt[m], W[m], rb[m], N[m], K, x, B, y[m]);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    act_t A, A4, A5;
+    if (act_alloc(&A, B, K, need32, needk)) return -2;
+    act_quantize(&A, x, B, K);
+    multi_ctx_t c;
+    memset(&c, 0, sizeof(c));
+    c.nm = nm;
+    c.K = K;
+    c.B = B;
+    for (int m = 0; m < nm; m++) {
+        c.fz[m] = pick_fused(qt[m]);
+        c.W[m] = W[m];
+        c.rb[m] = rb[m];
+        c.N[m] = N[m];
+        c.y[m] = y[m];
+        c.A[m] = qt[m] == ER_Q4_0 ? act_offset_variant(qt[m], &A, B, K, &A4, 8)
+               : qt[m] == ER_Q5_0 ? act_offset_variant(qt[m], &A, B, K, &A5, 10) : &A;
+        if (!c.A[m]) return -2;
+        c.start[m + 1] = c.start[m] + N[m];
+    }
+    const int total = c.start[nm];
+    if (!par_worth(total, K, B)) multi_task(&c, 0, total);
+    else pool_run(multi_task, &c, total, nthreads(), 16);
+    return 0;
 }
 
 /* ---------------------------------------------------- float matmul */
@@ -2289,6 +2365,26 @@ ER_API void er_add(const float *a, const float *b, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+/* gate and up rows [n0, n1) of a small batch, then act(gate) * up over them: one pool job */
+typedef struct {
+    fused_fn fg, fu;
+    const uint8_t *Wg, *Wu;
+    int64_t rbg, rbu;
+    int F, K, B, act;
+    const act_t *Ag, *Au;
+    float *g, *u;
+} gu_ctx_t;
+
+static void gu_task(void *p, int n0, int n1) {
+    const gu_ctx_t *c = p;
+    fused_rows(c->fg, c->Wg, c->rbg, c->F, c->K, c->Ag, c->B, c->g, n0, n1);
+    fused_rows(c->fu, c->Wu, c->rbu, c->F, c->K, c->Au, c->B, c->u, n0, n1);
+    for (int b = 0; b < c->B; b++) {
+        float *g = c->g + (size_t)b * c->F;
+        act_gate_range(g, c->u + (size_t)b * c->F, g, n0, n1, c->act);
+    }
+}
+
 /* out = x + down(act(gate(n)) * up(n)), n = rms_norm(x) * norm_w.  x, out: (B, D); gate/up: (F, D); down: (D, F) */
 static int ffn_impl(const float *x, const float *norm_w, float eps, int qt_g, const void *Wg, int64_t rb_g, int qt_u,
                     const void *Wu, int64_t rb_u, int qt_d, const void *Wd, int64_t rb_d, int D, int F, int B, int act,
@@ -2301,20 +2397,34 @@ static int ffn_impl(const float *x, const float *norm_w, float eps, int qt_g, co
     float *dn = amalloc(sizeof(float) * (size_t)B * D);
     if (!nx || !g || !u || !dn) { rc = -2; goto done; }
     er_rms_norm(x, norm_w, nx, B, D, eps);
-    if (!is_float_type(qt_g) && !is_float_type(qt_u) && D % block_size(qt_g) == 0 && D % block_size(qt_u) == 0) {
-        act_t A;
-        const int kg = wants_kact(qt_g, B), ku = wants_kact(qt_u, B);
-        if (act_alloc(&A, B, D, !kg || !ku, kg || ku)) { act_free(&A); rc = -2; goto done; }
+    const int quant = !is_float_type(qt_g) && !is_float_type(qt_u) && block_size(qt_g) && block_size(qt_u) &&
+                      D % block_size(qt_g) == 0 && D % block_size(qt_u) == 0;
+    if (quant && use_fused(qt_g, B) && use_fused(qt_u, B)) {
+        act_t A, A4, A5;
+        const int kg = is_kquant(qt_g), ku = is_kquant(qt_u);
+        if (act_alloc(&A, B, D, !kg || !ku, kg || ku)) { rc = -2; goto done; }
         act_quantize(&A, nx, B, D);
-        rc = matmul_q_act(qt_g, Wg, rb_g, F, D, &A, B, g);
-        if (!rc) rc = matmul_q_act(qt_u, Wu, rb_u, F, D, &A, B, u);
-        act_free(&A);
+        gu_ctx_t c = {pick_fused(qt_g), pick_fused(qt_u), Wg, Wu, rb_g, rb_u, F, D, B, act,
+                      act_offset_variant(qt_g, &A, B, D, &A4, 8), act_offset_variant(qt_u, &A, B, D, &A5, 10), g, u};
+        if (!c.Ag || !c.Au) { rc = -2; goto done; }
+        if (par_worth(2 * (int64_t)F, D, B)) pool_run(gu_task, &c, F, nthreads(), 16);
+        else gu_task(&c, 0, F);
     } else {
-        rc = er_matmul(qt_g, Wg, rb_g, F, D, nx, B, g);
-        if (!rc) rc = er_matmul(qt_u, Wu, rb_u, F, D, nx, B, u);
+        if (quant) {
+            act_t A;
+            const int kg = wants_kact(qt_g, B), ku = wants_kact(qt_u, B);
+            if (act_alloc(&A, B, D, !kg || !ku, kg || ku)) { act_free(&A); rc = -2; goto done; }
+            act_quantize(&A, nx, B, D);
+            rc = matmul_q_act(qt_g, Wg, rb_g, F, D, &A, B, g);
+            if (!rc) rc = matmul_q_act(qt_u, Wu, rb_u, F, D, &A, B, u);
+            act_free(&A);
+        } else {
+            rc = er_matmul(qt_g, Wg, rb_g, F, D, nx, B, g);
+            if (!rc) rc = er_matmul(qt_u, Wu, rb_u, F, D, nx, B, u);
+        }
+        if (rc) goto done;
+        er_act_gate(g, u, g, (int64_t)B * F, act);
     }
-    if (rc) goto done;
-    er_act_gate(g, u, g, (int64_t)B * F, act);
     rc = er_matmul(qt_d, Wd, rb_d, D, F, g, B, dn);
     if (rc) goto done;
     for (int64_t i = 0; i < (int64_t)B * D; i++) out[i] = x[i] + dn[i];

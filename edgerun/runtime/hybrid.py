@@ -29,6 +29,7 @@ import numpy as np
 from edgerun.models.base import KVCache, SeqBatch, Transformer, rms_norm
 from edgerun.runtime.planner import GPU, Plan, plan_placement
 from edgerun.runtime.runner import Runner
+from edgerun.runtime.weights import pin_in_hugepages
 
 
 @dataclass
@@ -362,6 +363,8 @@ class HybridModel:
 class HybridRunner(Runner):
     """A :class:`Runner` whose layers run per a placement :class:`Plan` on the GPU and the CPU."""
 
+    pin_weights_at_init = False  # only the weights left on the CPU, once the plan has placed them
+
     def __init__(self, model_path: str | os.PathLike, plan: Plan | None = None, placement: str = "auto",
                  vram_budget: int | None = None, overrides: Sequence[str] = (), vram_bytes: int | None = None,
                  overlap: bool = True, graphs: bool = True, **kw: Any) -> None:
@@ -381,6 +384,13 @@ class HybridRunner(Runner):
         for i in self.gpu.attn_layers:  # their KV lives on the GPU
             self.kv.k[i] = self.kv.k[i][:0]
             self.kv.v[i] = self.kv.v[i][:0]
+        cpu_side = [] if self.gpu.head_on_gpu else [self.model.output]
+        for i, ly in enumerate(self.model.layers):
+            if i not in self.gpu.attn_layers:
+                cpu_side += [ly.wq, ly.wk, ly.wv, ly.wo]
+            if i not in self.gpu.ffn_layers:
+                cpu_side += [ly.w_gate, ly.w_up, ly.w_down]
+        self.pinned_bytes = pin_in_hugepages(cpu_side)
         self.model = HybridModel(self.model, self.gpu, overlap=overlap, graphs=graphs)  # type: ignore[assignment]
 
 

@@ -17,6 +17,7 @@ from edgerun.backends.registry import make_backend
 from edgerun.models.base import KVCache, SeqBatch, Transformer
 from edgerun.models.registry import model_class
 from edgerun.quant.gguf_file import GGUFFile
+from edgerun.runtime.weights import pin_in_hugepages
 from edgerun.text.tokenizer import Tokenizer
 
 
@@ -35,6 +36,9 @@ def default_threads() -> int:
 class Runner:
     """Loads a GGUF model and runs batched forward steps over a paged KV cache."""
 
+    #: move the CPU's weights into huge pages once the model is built (see runtime/weights.py)
+    pin_weights_at_init = True
+
     def __init__(self, model_path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
                  num_blocks: int | None = None, block_size: int = 16, backend: str = "auto") -> None:
         self.path = Path(model_path)
@@ -45,6 +49,7 @@ class Runner:
         cls = model_class(self.gguf.architecture)
         self.model: Transformer = cls(self.gguf, self.backend, self.tokenizer.vocab_size)
         self.args = self.model.args
+        self.pinned_bytes = pin_in_hugepages(self.model.tensors()) if self.pin_weights_at_init else 0
         if n_ctx <= 0:
             raise ValueError("context size must be positive")
         self.n_ctx = min(n_ctx, self.args.context_length)
