@@ -321,3 +321,49 @@ ER_API int er_attn_block(const float *x, int T, int D, const float *norm_w, floa
                               attn_scale, window, pos, kcache, vcache, write_slots, tok_seq, read_slots, read_off,
                               max_ctx, out));
 }
+
+/* ---- the whole layer stack of a CPU-only step in one call ----
+ * Per layer: the attention block above, then the FFN (with Gemma's post-norm), x updated in place.
+ * The constants of each layer come in an er_layer_t that the Python side builds once per model;
+ * every field is 8 bytes wide, so the ctypes mirror needs no padding rules. */
+typedef struct {
+    const float *attn_norm, *bq, *bk, *bv, *q_norm, *k_norm, *post_attn_norm;
+    const void *wq, *wk, *wv, *wo;
+    int64_t qt_q, qt_k, qt_v, qt_o, rb_q, rb_k, rb_v, rb_o;
+    int64_t n_heads, n_kv_heads, head_dim, neox, window;
+    double rope_base, pos_scale, attn_scale;
+    const float *ffn_norm, *post_ffn_norm;
+    const void *wg, *wu, *wd;
+    int64_t qt_g, qt_u, qt_d, rb_g, rb_u, rb_d, ffn_dim, act;
+} er_layer_t;
+
+ER_API int64_t er_layer_size(void) { return (int64_t)sizeof(er_layer_t); }
+
+static int layers_impl(const er_layer_t *L, int n_layers, float *const *kc, float *const *vc, float *x, int T, int D,
+                       float eps, const int32_t *pos, const int64_t *write_slots, const int32_t *tok_seq,
+                       const int64_t *read_slots, const int64_t *read_off, int max_ctx) {
+    float *h = amalloc(sizeof(float) * (size_t)T * D);
+    if (!h) return -2;
+    int rc = 0;
+    for (int i = 0; i < n_layers && !rc; i++) {
+        const er_layer_t *l = &L[i];
+        rc = attn_block_impl(x, T, D, l->attn_norm, eps, (int)l->qt_q, l->wq, l->rb_q, l->bq, (int)l->qt_k, l->wk,
+                             l->rb_k, l->bk, (int)l->qt_v, l->wv, l->rb_v, l->bv, (int)l->qt_o, l->wo, l->rb_o,
+                             l->q_norm, l->k_norm, l->post_attn_norm, (int)l->n_heads, (int)l->n_kv_heads,
+                             (int)l->head_dim, (int)l->neox, (float)l->rope_base, (float)l->pos_scale,
+                             (float)l->attn_scale, (int)l->window, pos, kc[i], vc[i], write_slots, tok_seq,
+                             read_slots, read_off, max_ctx, h);
+        if (!rc)
+            rc = ffn_impl(h, l->ffn_norm, eps, (int)l->qt_g, l->wg, l->rb_g, (int)l->qt_u, l->wu, l->rb_u,
+                          (int)l->qt_d, l->wd, l->rb_d, D, (int)l->ffn_dim, T, (int)l->act, l->post_ffn_norm, x);
+    }
+    free(h);
+    return rc;
+}
+
+ER_API int er_layers(const er_layer_t *L, int n_layers, float *const *kc, float *const *vc, float *x, int T, int D,
+                     float eps, const int32_t *pos, const int64_t *write_slots, const int32_t *tok_seq,
+                     const int64_t *read_slots, const int64_t *read_off, int max_ctx) {
+    API_TIMED(layers_impl(L, n_layers, kc, vc, x, T, D, eps, pos, write_slots, tok_seq, read_slots, read_off,
+                          max_ctx));
+}

@@ -2385,10 +2385,11 @@ static void gu_task(void *p, int n0, int n1) {
     }
 }
 
-/* out = x + down(act(gate(n)) * up(n)), n = rms_norm(x) * norm_w.  x, out: (B, D); gate/up: (F, D); down: (D, F) */
+/* out = x + post(down(act(gate(n)) * up(n))), n = rms_norm(x) * norm_w, post = rms_norm * post_norm when
+ * given (Gemma).  x, out: (B, D); gate/up: (F, D); down: (D, F) */
 static int ffn_impl(const float *x, const float *norm_w, float eps, int qt_g, const void *Wg, int64_t rb_g, int qt_u,
                     const void *Wu, int64_t rb_u, int qt_d, const void *Wd, int64_t rb_d, int D, int F, int B, int act,
-                    float *out) {
+                    const float *post_norm, float *out) {
     if (g_isa < 0) detect_isa();
     int rc = 0;
     float *nx = amalloc(sizeof(float) * (size_t)B * D);
@@ -2427,6 +2428,7 @@ static int ffn_impl(const float *x, const float *norm_w, float eps, int qt_g, co
     }
     rc = er_matmul(qt_d, Wd, rb_d, D, F, g, B, dn);
     if (rc) goto done;
+    if (post_norm) er_rms_norm(dn, post_norm, dn, B, D, eps);
     for (int64_t i = 0; i < (int64_t)B * D; i++) out[i] = x[i] + dn[i];
 done:
     free(nx); free(g); free(u); free(dn);
@@ -2444,5 +2446,5 @@ ER_API int er_get_rows(int qt, const void *W, int64_t row_bytes, int K, const in
 ER_API int er_ffn(const float *x, const float *norm_w, float eps, int qt_g, const void *Wg, int64_t rb_g, int qt_u,
                   const void *Wu, int64_t rb_u, int qt_d, const void *Wd, int64_t rb_d, int D, int F, int B, int act,
                   float *out) {
-    API_TIMED(ffn_impl(x, norm_w, eps, qt_g, Wg, rb_g, qt_u, Wu, rb_u, qt_d, Wd, rb_d, D, F, B, act, out));
+    API_TIMED(ffn_impl(x, norm_w, eps, qt_g, Wg, rb_g, qt_u, Wu, rb_u, qt_d, Wd, rb_d, D, F, B, act, NULL, out));
 }

@@ -129,15 +129,19 @@ def test_tied_output_uses_embeddings(tmp_path):
     assert m.output is m.tok_embd
 
 
+@pytest.mark.parametrize("one_call", [True, False])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_native_fused_blocks_match_reference(tmp_path, arch):
-    """The fused native attention/FFN blocks, over a scattered paged cache, prefill + decode."""
+def test_native_fused_blocks_match_reference(tmp_path, arch, one_call):
+    """The fused native attention/FFN blocks, over a scattered paged cache, prefill + decode: all
+    layers in one native call, or one call per block."""
     from edgerun.backends.registry import make_backend
 
     try:
         be = make_backend("native", 2)
     except RuntimeError:
         pytest.skip("native library not built")
+    if not one_call:
+        be.run_layers = None
     path = write_model(tmp_path / "m.gguf", arch=arch, dim=256, ffn=512, n_heads=4, n_kv=2,
                        qtype=T.Q8_0, window=3)
     toks = list(np.random.default_rng(6).integers(0, VOCAB, 9))
@@ -169,7 +173,7 @@ def test_native_attention_long_context_batched(tmp_path, n_heads, n_kv, hd):
     except RuntimeError:
         pytest.skip("native library not built")
     unfused = make_backend("native", 2)
-    unfused.attn_block = None  # the model then runs its numpy attention over native matmuls
+    unfused.attn_block = unfused.run_layers = None  # numpy attention over native matmuls
     path = write_model(tmp_path / "m.gguf", arch="qwen2", dim=n_heads * hd, ffn=256, n_heads=n_heads,
                        n_kv=n_kv, qtype=T.Q8_0)
     rng = np.random.default_rng(7)

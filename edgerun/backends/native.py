@@ -13,6 +13,7 @@ import os
 import sys
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,20 @@ ACT = {"silu": 0, "gelu": 1, "gelu_tanh": 1}
 _lib: ctypes.CDLL | None = None
 _load_error: str | None = None
 _warned = False
+
+
+class LayerC(ctypes.Structure):
+    """Mirror of ``er_layer_t`` (native/attn_block.h): one layer's constants for ``er_layers``."""
+
+    _fields_ = ([(n, ctypes.c_void_p) for n in ("attn_norm", "bq", "bk", "bv", "q_norm", "k_norm",
+                                                 "post_attn_norm", "wq", "wk", "wv", "wo")]
+                + [(n, ctypes.c_int64) for n in ("qt_q", "qt_k", "qt_v", "qt_o", "rb_q", "rb_k", "rb_v",
+                                                  "rb_o", "n_heads", "n_kv_heads", "head_dim", "neox",
+                                                  "window")]
+                + [(n, ctypes.c_double) for n in ("rope_base", "pos_scale", "attn_scale")]
+                + [(n, ctypes.c_void_p) for n in ("ffn_norm", "post_ffn_norm", "wg", "wu", "wd")]
+                + [(n, ctypes.c_int64) for n in ("qt_g", "qt_u", "qt_d", "rb_g", "rb_u", "rb_d", "ffn_dim",
+                                                  "act")])
 
 
 def _load() -> None:
@@ -76,6 +91,8 @@ def _load() -> None:
         "er_attn_block": ([vp, i32, i32, vp, f32] + [i32, vp, i64, vp] * 3 + [i32, vp, i64]
                           + [vp, vp, vp, i32, i32, i32, i32, f32, f32, f32, i32]
                           + [vp, vp, vp, vp, vp, vp, vp, i32, vp], i32),
+        "er_layer_size": ([], i64),
+        "er_layers": ([vp, i32, vp, vp, vp, i32, i32, f32, vp, vp, vp, vp, vp, i32], i32),
     }
     try:
         for name, (args, res) in sig.items():
@@ -84,6 +101,9 @@ def _load() -> None:
             fn.restype = res
     except AttributeError as e:  # a stale build of the library
         _load_error = f"stale native build, rebuild with setup.py build_ext ({e})"
+        return
+    if lib.er_layer_size() != ctypes.sizeof(LayerC):
+        _load_error = "stale native build (layer struct size differs), rebuild with setup.py build_ext"
         return
     _lib = lib
 
@@ -446,6 +466,92 @@ def attn_block(x: np.ndarray, norm_w: np.ndarray, eps: float, wq: QTensor, wk: Q
     return out
 
 
+def _layer_table(model: Any) -> tuple[ctypes.Array, list]:
+    """The ``er_layer_t`` array of a model's layers and the arrays its pointers need kept alive."""
+    a = model.args
+    table = (LayerC * len(model.layers))()
+    keep: list = []
+
+    def vec(v: np.ndarray | None) -> int | None:
+        if v is None:
+            return None
+        v = _f32c(v)
+        keep.append(v)
+        return v.ctypes.data
+
+    def mat(w: QTensor, k: int, n: int) -> tuple[int, int]:
+        if w.k != k or w.n != n:
+            raise ValueError(f"{w.name}: shape ({w.n}, {w.k}) does not fit its layer, expected ({n}, {k})")
+        d, stride = _check_w(int(w.qtype), w.data, k)
+        keep.append(d)
+        return d.ctypes.data, stride
+
+    d, qd, kd = a.dim, a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+    for i, ly in enumerate(model.layers):
+        e = table[i]
+        for name in ("attn_norm", "bq", "bk", "bv", "q_norm", "k_norm", "post_attn_norm", "ffn_norm",
+                     "post_ffn_norm"):
+            setattr(e, name, vec(getattr(ly, name)))
+        for tag, w, k, n in (("q", ly.wq, d, qd), ("k", ly.wk, d, kd), ("v", ly.wv, d, kd),
+                             ("o", ly.wo, qd, d), ("g", ly.w_gate, d, a.ffn_dim),
+                             ("u", ly.w_up, d, a.ffn_dim), ("d", ly.w_down, a.ffn_dim, d)):
+            ptr, stride = mat(w, k, n)
+            setattr(e, "w" + tag, ptr)
+            setattr(e, "qt_" + tag, int(w.qtype))
+            setattr(e, "rb_" + tag, stride)
+        e.n_heads, e.n_kv_heads, e.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
+        e.neox, e.window = int(bool(a.rope_neox)), int(a.windows[i])
+        e.rope_base, e.pos_scale, e.attn_scale = a.rope_bases[i], a.rope_pos_scales[i], a.attn_scale
+        e.ffn_dim, e.act = a.ffn_dim, ACT[a.activation]
+    return table, keep
+
+
+def _kv_pointers(kv: Any, cache: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer K and V cache addresses as uint64 arrays, checked and kept per cache object."""
+    key = tuple(map(id, kv.k)) + tuple(map(id, kv.v))
+    hit = cache.get(kv) if cache is not None else None
+    if hit is not None and hit[0] == key:
+        return hit[1], hit[2]
+    for arr in kv.k + kv.v:
+        if not (arr.flags.c_contiguous and arr.dtype == np.float32):
+            raise ValueError("KV cache must be C-contiguous float32")
+    kc = np.array([arr.ctypes.data for arr in kv.k], np.uint64)
+    vc = np.array([arr.ctypes.data for arr in kv.v], np.uint64)
+    if cache is not None:
+        cache[kv] = (key, kc, vc, kv.k[:], kv.v[:])  # the arrays stay alive with their addresses
+    return kc, vc
+
+
+def run_layers(model: Any, x: np.ndarray, batch: Any, kv: Any, cache: dict | None = None) -> np.ndarray:
+    """Every layer of a CPU-only step in one native call: x (T, D) -> x after the last layer.
+
+    ``cache`` (a dict owned by the caller, e.g. a weak-keyed one per model) keeps the layer table
+    between steps; it is rebuilt when the model's weight arrays were replaced (the old ones stay
+    alive with the old table, so a stale entry can never point at freed memory).
+    """
+    if _lib is None:
+        raise RuntimeError("native library not loaded")
+    layers = model.layers
+    # weights are replaced all together (runtime/weights.py), so the first and last identify them
+    key = (len(layers), id(layers[0].wq.data), id(layers[-1].w_down.data))
+    hit = cache.get(model) if cache is not None else None
+    if hit is None or hit[0] != key:
+        hit = (key, *_layer_table(model))
+        if cache is not None:
+            cache[model] = hit
+    table = hit[1]
+    kc, vc = _kv_pointers(kv, cache)
+    f = batch.flat()
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    t, d = out.shape
+    rc = _lib.er_layers(ctypes.addressof(table), len(layers), _ptr(kc), _ptr(vc), _ptr(out), t, d,
+                        float(model.args.norm_eps), _ptr(f["pos"]), _ptr(f["write_slots"]),
+                        _ptr(f["tok_seq"]), _ptr(f["read_slots"]), _ptr(f["read_off"]), int(f["max_ctx"]))
+    if rc:
+        raise RuntimeError(f"er_layers failed ({rc})")
+    return out
+
+
 def api_seconds() -> float:
     """Seconds spent inside the native entry points so far (outermost calls only)."""
     return float(_lib.er_api_seconds()) if _lib is not None else 0.0
@@ -464,6 +570,7 @@ class NativeBackend:
     def __init__(self, n_threads: int | None = None) -> None:
         if n_threads is not None:
             set_threads(n_threads)
+        self._tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def supports(self, op: str, qtype: int) -> bool:
         """matmul / get_rows for F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; plus ffn."""
@@ -492,6 +599,14 @@ class NativeBackend:
     def attn_block(self, *args: object, **kw: object) -> np.ndarray:
         """Fused attention block; see :func:`attn_block`."""
         return attn_block(*args, **kw)  # type: ignore[arg-type]
+
+    def rms_norm(self, x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
+        """Row-wise RMS norm times ``w``."""
+        return rms_norm(x, w, eps)
+
+    def run_layers(self, model: Any, x: np.ndarray, batch: Any, kv: Any) -> np.ndarray:
+        """All layers of one step in one call; see :func:`run_layers`."""
+        return run_layers(model, x, batch, kv, self._tables)
 
     def set_threads(self, n: int) -> None:
         """Thread count for the kernels."""

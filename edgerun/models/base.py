@@ -375,7 +375,11 @@ class Transformer:
             x = x * np.float32(a.embed_scale)
         fused = getattr(self.backend, "ffn", None)
         fused_attn = getattr(self.backend, "attn_block", None)
-        for i, ly in enumerate(self.layers):
+        run_layers = getattr(self.backend, "run_layers", None)
+        if run_layers is not None:
+            # One native call for the whole layer stack (attention blocks and FFNs).
+            x = run_layers(self, x, b, kv)
+        for i, ly in enumerate(self.layers if run_layers is None else ()):
             if fused_attn is not None:
                 # One native call: norm, QKV, QK-norm, RoPE, cache write, attention, O, residual.
                 f = b.flat()
@@ -395,7 +399,8 @@ class Transformer:
         for s0, n, want in zip(b.seq_starts, b.seq_lens, b.want_all):
             rows.append(np.arange(s0, s0 + n) if want else np.array([s0 + n - 1]))
         sel = np.concatenate(rows)
-        h = rms_norm(x[sel], self.out_norm, a.norm_eps)
+        norm = getattr(self.backend, "rms_norm", None) or rms_norm
+        h = norm(x[sel], self.out_norm, a.norm_eps)
         logits = self.backend.matmul(self.output, h)  # (R, vocab)
         out, r = [], 0
         for n, want in zip(b.seq_lens, b.want_all):
