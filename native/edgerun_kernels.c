@@ -32,7 +32,9 @@
 
 /* Batches up to this size use the register-blocked small-batch kernels; larger ones the GEMM. */
 #ifndef ER_FUSED_MAX_B
-#define ER_FUSED_MAX_B 8
+#define ER_FUSED_MAX_B 16
+/* activation rows per pass of the AVX-512 fused kernels (AVX2 ones: 4) */
+#define ER_V512_NR 8
 #endif
 
 
@@ -84,7 +86,7 @@ static void *amalloc(size_t n) {
 #ifndef ER_PF
 #define ER_PF 1024
 #endif
-#define ER_SLOTS 12
+#define ER_SLOTS 13
 static __thread void *t_scratch[ER_SLOTS];
 static __thread size_t t_scratch_n[ER_SLOTS];
 
@@ -98,6 +100,9 @@ static void *scratch(int slot, size_t n) {
     return t_scratch[slot];
 }
 
+static int g_bitalg = 0; /* AVX512_BITALG, for the tile16 kernels */
+static int g_tile = 1;   /* tile16 kernels on (er_set_tile) */
+
 static void detect_isa(void) {
     int isa = ISA_SCALAR;
 #ifdef ER_X86
@@ -109,6 +114,9 @@ static void detect_isa(void) {
         isa = ISA_AVX512VNNI;
 #endif
     g_isa_max = isa;
+#ifdef ER_X86
+    g_bitalg = isa == ISA_AVX512VNNI && __builtin_cpu_supports("avx512bitalg");
+#endif
     const char *e = getenv("EDGERUN_ISA");
     if (e) {
         if (!strcmp(e, "scalar")) isa = ISA_SCALAR;
@@ -243,7 +251,7 @@ static void pool_run(task_fn fn, void *ctx, int n, int nt, int min_chunk) {
         P.nworkers++;
     }
     int chunk = (n + 8 * nt - 1) / (8 * nt);
-    if (chunk < min_chunk) chunk = min_chunk;
+    chunk = (chunk + min_chunk - 1) / min_chunk * min_chunk; /* whole tiles of min_chunk rows */
     P.fn = fn;
     P.ctx = ctx;
     P.n = n;
@@ -319,6 +327,7 @@ typedef struct {
     float *s;     /* B*K/16 scale * sum of 16 quants */
     int32_t *n;   /* B*K/4 : -128 * sum of 4 quants (VNNI offset) */
     float *s32;   /* B*K/32 scale * sum of 32 quants */
+    int32_t *sq;  /* B*K/32 sum of 32 quants (tile16 kernels) */
     /* Q8_K-style (K-quant fused kernels): one scale per 256, sums per 16 */
     int8_t *kq;   /* B*K */
     float *kd;    /* B*K/256 */
@@ -400,7 +409,8 @@ static int act_alloc(act_t *a, int B, int K, int want32, int wantk) {
         a->s = scratch(2, (size_t)B * (K / 4));   /* K/16 floats */
         a->n = scratch(3, (size_t)B * K);         /* K/4 int32 */
         a->s32 = scratch(4, (size_t)B * (K / 8)); /* K/32 floats */
-        if (!a->q || !a->l || !a->s || !a->n || !a->s32) return -1;
+        a->sq = scratch(12, (size_t)B * (K / 8)); /* K/32 int32 */
+        if (!a->q || !a->l || !a->s || !a->n || !a->s32 || !a->sq) return -1;
     }
     if (wantk) {
         a->kq = scratch(5, (size_t)B * K);
@@ -460,7 +470,12 @@ static void act_quantize(act_t *a, const float *x, int B, int K) {
         for (int b = 0; b < B; b++)
             quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4,
                       a->s + (size_t)b * K / 16, a->n + (size_t)b * K / 4);
-        for (size_t i = 0; i < (size_t)B * K / 32; i++) a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
+        for (size_t i = 0; i < (size_t)B * K / 32; i++) {
+            a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
+            int32_t t = 0;
+            for (int j = 0; j < 8; j++) t += a->n[8 * i + j];
+            a->sq[i] = -t / 128;
+        }
     }
     if (a->kq) {
         for (int b = 0; b < B; b++) {
@@ -947,10 +962,10 @@ T_V512 static void core_v512(const int8_t *w, const float *wl, const float *mw, 
 
 
 #define FZ_SETUP()                                                      \
-    __m512 acc[4];                                                      \
-    const int8_t *q[4];                                                 \
-    const float *xl[4];                                                 \
-    const int32_t *xn[4];                                               \
+    __m512 acc[ER_V512_NR];                                                      \
+    const int8_t *q[ER_V512_NR];                                                 \
+    const float *xl[ER_V512_NR];                                                 \
+    const int32_t *xn[ER_V512_NR];                                               \
     for (int r = 0; r < NR; r++) {                                      \
         acc[r] = _mm512_setzero_ps();                                   \
         q[r] = A->q + (size_t)(b + r) * K;                              \
@@ -1021,7 +1036,7 @@ T_V512 AI __m512 halfscales(__m512i idx, __m512i v) {
 /* Q4_0 / Q5_0: two blocks per zmm, two accumulator sets to hide FMA latency */
 T_V512 AI void fz_q4q5_0_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FZ_SETUP();
-    __m512 acc2[4];
+    __m512 acc2[ER_V512_NR];
     for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
     const int bs = five ? 22 : 18;
     const int nb = K / 32;
@@ -1061,7 +1076,7 @@ T_V512 AI void fz_q4q5_0_nr(int five, const uint8_t *row, int K, const act_t *A,
 
 T_V512 AI void fz_q8_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FZ_SETUP();
-    __m512 acc2[4];
+    __m512 acc2[ER_V512_NR];
     for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
     const int nb = K / 32;
     const __m512i x80 = _mm512_set1_epi8((char)0x80);
@@ -1098,11 +1113,11 @@ T_V512 AI void fz_q8_0_nr(const uint8_t *row, int K, const act_t *A, int b, int 
 
 #define FK_SETUP()                                                      \
     const int nb = K / 256;                                             \
-    __m512 facc[4];                                                     \
-    __m256 macc[4];                                                     \
-    const int8_t *kq[4];                                                \
-    const float *kd[4];                                                 \
-    const int16_t *kb[4];                                               \
+    __m512 facc[ER_V512_NR];                                                     \
+    __m256 macc[ER_V512_NR];                                                     \
+    const int8_t *kq[ER_V512_NR];                                                \
+    const float *kd[ER_V512_NR];                                                 \
+    const int16_t *kb[ER_V512_NR];                                               \
     for (int r = 0; r < NR; r++) {                                      \
         facc[r] = _mm512_setzero_ps();                                  \
         macc[r] = _mm256_setzero_ps();                                  \
@@ -1149,7 +1164,7 @@ T_V512 AI void fk_q45_nr(int five, const uint8_t *row, int K, const act_t *A, in
         const uint8_t *qs = blk + (five ? 48 : 16);
         __m512i qh = _mm512_setzero_si512();
         if (five) qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
-        __m512i isum[4];
+        __m512i isum[ER_V512_NR];
         for (int r = 0; r < NR; r++) isum[r] = _mm512_setzero_si512();
         for (int c = 0; c < 4; c++) {
             const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
@@ -1193,7 +1208,7 @@ T_V512 AI void fk_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR
         _mm_prefetch((const char *)&bk[i] + ER_PF + 192, _MM_HINT_T0);
         const float d = _cvtsh_ss(rd16(&bk[i].d));
         const __m512i scw = _mm512_cvtepi8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)bk[i].scales)));
-        __m512i isum[4];
+        __m512i isum[ER_V512_NR];
         for (int r = 0; r < NR; r++) isum[r] = _mm512_setzero_si512();
         for (int h = 0; h < 2; h++) {
             const __m512i L = _mm512_loadu_si512(bk[i].ql + 64 * h);
@@ -1227,7 +1242,11 @@ T_V512 AI void fk_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR
         case 1: { const int NR_ = 1; call; } break;                                             \
         case 2: { const int NR_ = 2; call; } break;                                             \
         case 3: { const int NR_ = 3; call; } break;                                             \
-        default: { const int NR_ = 4; call; } break;                                            \
+        case 4: { const int NR_ = 4; call; } break;                                             \
+        case 5: { const int NR_ = 5; call; } break;                                             \
+        case 6: { const int NR_ = 6; call; } break;                                             \
+        case 7: { const int NR_ = 7; call; } break;                                             \
+        default: { const int NR_ = 8; call; } break;                                            \
         }                                                                                       \
     }
 
@@ -1808,6 +1827,10 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
 #endif
 }
 
+#include "tile16.h"
+
+ER_API int er_set_tile(int on) { int old = g_tile; g_tile = on != 0; return old; }
+
 static int use_fused(int qt, int B) { return B <= ER_FUSED_MAX_B && g_fused && pick_fused(qt) != NULL; }
 static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B); }
 
@@ -1825,10 +1848,24 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
         }
     }
 #endif
+    if (B >= 2 && g_tile && g_bitalg && g_isa >= ISA_AVX512VNNI && (fz == fz_q4_0 || fz == fz_q5_0 || fz == fz_q8_0)) {
+        static int sel_done = 0;
+        if (!sel_done) { q5_sel_init(); sel_done = 1; }
+        const int qt = fz == fz_q4_0 ? ER_Q4_0 : fz == fz_q5_0 ? ER_Q5_0 : ER_Q8_0;
+        for (; n0 + 16 <= n1; n0 += 16)
+            for (int b0 = 0; b0 < B; b0 += 8) { /* up to 8 activation rows per pass over the tile */
+                act_t Ab = *A;
+                Ab.q += (size_t)b0 * K;
+                Ab.l += (size_t)b0 * K / 4;
+                tile16(qt, W, row_bytes, N, K, &Ab, A->sq + (size_t)b0 * (K / 32), B - b0 < 8 ? B - b0 : 8,
+                       y + (size_t)b0 * N, n0);
+            }
+    }
+    const int per = g_isa >= ISA_AVX512VNNI ? ER_V512_NR : 4;
     for (int n = n0; n < n1; n++) {
-        float res[4];
-        for (int b = 0; b < B; b += 4) {
-            const int nr = B - b < 4 ? B - b : 4;
+        float res[ER_V512_NR];
+        for (int b = 0; b < B; b += per) {
+            const int nr = B - b < per ? B - b : per;
             fz(W + (size_t)n * row_bytes, K, A, b, nr, res);
             for (int r = 0; r < nr; r++) y[(size_t)(b + r) * N + n] = res[r];
         }

@@ -101,10 +101,10 @@ def test_matmul(qt: int, isa: str, threads: int) -> None:
     if bs == 1:
         ks += [7, 45]
     for k in ks:
-        for n in (1, 7, 33):
+        for n in (1, 7, 33, 48):  # 33, 48: whole 16-row tiles and a remainder (tile16.h)
             w = make_weight(qt, n, k, rng)
             wf = ref_weight(qt, w, k).astype(np.float64)
-            for b in (1, 2, 5):
+            for b in (1, 2, 5, 8):
                 x = rng.standard_normal((b, k)).astype(np.float32)
                 y = nv.matmul(qt, w, x)
                 assert y.shape == (b, n) and y.dtype == np.float32
@@ -120,7 +120,8 @@ def test_matmul(qt: int, isa: str, threads: int) -> None:
 
 @pytest.mark.parametrize("qt", QUANT)
 def test_matmul_prefill_batches(qt: int) -> None:
-    """B > 8 takes the batched GEMM path (AVX-512 VNNI) or the decoded-row path; odd B and N."""
+    """B > 16 takes the batched GEMM path (AVX-512 VNNI) or the decoded-row path, 9..16 the fused
+    kernels in passes of 8 rows (16-row tiles for Q4_0/Q5_0/Q8_0); odd B and N."""
     nv.set_threads(2)
     rng = np.random.default_rng(100 + qt)
     bs = nv._BLOCK[qt][0]
@@ -132,7 +133,9 @@ def test_matmul_prefill_batches(qt: int) -> None:
                 x = rng.standard_normal((b, k)).astype(np.float32)
                 y = nv.matmul(qt, w, x)
                 scale = np.sqrt(np.mean(x.astype(np.float64) ** 2) * np.mean(wf**2) * k)
-                ref = quant_act(x).astype(np.float64) @ wf.T
+                fused = b <= 16 and nv.isa() in ("avx2", "avx512-vnni")
+                group = 256 if qt in (12, 13, 14) and fused else 32
+                ref = quant_act(x, group).astype(np.float64) @ wf.T
                 assert np.abs(y - ref).max() / scale < 2e-5, (qt, n, k, b)
 
 

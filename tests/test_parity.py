@@ -57,8 +57,14 @@ def pair(request, qwen05_path, gemma_path):
 
 
 def test_greedy_tokens_match_llamacpp(pair):
+    """Every greedy token is llama.cpp's top choice on the same prefix, or a near tie there.
+
+    llama.cpp is teacher-forced on our tokens, so each of the 5 x 24 positions is checked on its
+    own prefix (also after a split). A near tie is a position where llama.cpp's top-2 logits are
+    within SPLIT_MARGIN and ours is one of them; at most 5% of positions may be such splits.
+    """
     name, runner, ll = pair
-    report = []
+    report, splits = [], 0
     for prompt in PROMPTS:
         ids = runner.tokenizer.encode(prompt)
         assert ids == list(ll.tokenize(prompt.encode(), add_bos=runner.tokenizer.add_bos, special=True))
@@ -66,7 +72,7 @@ def test_greedy_tokens_match_llamacpp(pair):
         ours = res.tokens
         assert len(ours) == N_GEN
         ref = _llama_logits(ll, ids + ours)  # teacher-forced: row i predicts token i+1
-        agreed = N_GEN
+        at = []
         for j, tok in enumerate(ours):
             row = ref[len(ids) - 1 + j]
             top2 = np.argsort(-row)[:2]
@@ -76,12 +82,11 @@ def test_greedy_tokens_match_llamacpp(pair):
                 assert gap < SPLIT_MARGIN and ours_gap < SPLIT_MARGIN, (
                     f"{name} {prompt!r}: token {j} is {tok}, llama.cpp picks {top2[0]} "
                     f"with a margin of {gap:.3f} (ours is {ours_gap:.3f} below)")
-                agreed = j
-                break
-        report.append((prompt, agreed))
-    print(f"\n{name}: tokens agreeing before an accepted split:", json.dumps(report))
-    # A split is a near tie; most prompts must agree all the way.
-    assert sum(a == N_GEN for _, a in report) >= len(PROMPTS) - 2
+                at.append(j)
+        splits += len(at)
+        report.append((prompt, at))
+    print(f"\n{name}: positions of accepted near-tie splits per prompt:", json.dumps(report))
+    assert splits <= 0.05 * N_GEN * len(PROMPTS)
 
 
 def test_logits_close_to_llamacpp(pair):

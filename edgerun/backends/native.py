@@ -76,6 +76,7 @@ def _load() -> None:
         "er_set_threads": ([i32], None),
         "er_set_fused": ([i32], i32),
         "er_set_pool": ([i32], i32),
+        "er_set_tile": ([i32], i32),
         "er_get_threads": ([], i32),
         "er_noop": ([i32], i32),
         "er_api_seconds": ([], ctypes.c_double),
@@ -143,6 +144,11 @@ def set_isa(name: str | None) -> str:
 def set_fused(on: bool) -> bool:
     """Enable/disable the fused small-batch kernels (for tests); returns the previous setting."""
     return bool(_lib.er_set_fused(int(bool(on)))) if _lib is not None else False
+
+
+def set_tile(on: bool) -> bool:
+    """Use the 16-row tile kernels for small batches of Q4_0/Q5_0/Q8_0 (default on); returns the old value."""
+    return bool(_lib.er_set_tile(int(on))) if _lib is not None else False
 
 
 def set_pool(on: bool) -> bool:

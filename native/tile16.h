@@ -1,0 +1,127 @@
+/* Small-batch (2..8 activation rows) kernels for the legacy block types Q4_0, Q5_0 and Q8_0 with
+ * AVX-512 VNNI: 16 weight rows per tile, one output row per lane.
+ *
+ * The row-major fused kernels put 64 consecutive values of one weight row in a vector; every
+ * activation row then pays its own scale loads, offset loads and float conversion per 64 values,
+ * about 7 instructions per 64 multiply-adds. Here a tile decodes block b of 16 weight rows once and
+ * transposes it so that vector j holds values 4j..4j+3 of each of the 16 rows; each activation row
+ * then needs 8 VNNI instructions with a broadcast 4-byte activation group, one conversion and two
+ * float operations per 512 multiply-adds. Weights enter as unsigned u = value + off (off = 8, 16,
+ * 128); the integer accumulator starts at -off * (sum of the activation block), so it holds the
+ * exact signed dot product of the block before the float scaling.
+ *
+ * Included by edgerun_kernels.c; uses its block structs, act_t and the AVX-512 helpers. */
+
+#ifdef ER_X86
+
+#ifndef PF_T
+#define PF_T 512
+#endif
+
+/* lane L of a tile vector holds tile row TILE_ROW[L] (the 4x4 transposes below leave them so) */
+static const int32_t TILE_ROW[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+
+#define T_TILE __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx512bitalg,avx2,fma,f16c")))
+
+/* 16 rows x 16 bytes at p + TILE_ROW-ordered row offsets -> v[j] = dword j of every row (j < 4) */
+T_TILE AI void tile_t4(const uint8_t *p, int64_t rb, __m512i *v) {
+    __m512i z[4];
+    for (int g = 0; g < 4; g++) {
+        __m512i t = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + (4 * g + 0) * rb)));
+        t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i *)(p + (4 * g + 1) * rb)), 1);
+        t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i *)(p + (4 * g + 2) * rb)), 2);
+        z[g] = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i *)(p + (4 * g + 3) * rb)), 3);
+    }
+    /* z[g] lane m = row 4g + m; after the transpose v[j] (lane 4m + g) = row 4g + m, dword j */
+    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    v[0] = _mm512_unpacklo_epi64(t0, t2);
+    v[1] = _mm512_unpackhi_epi64(t0, t2);
+    v[2] = _mm512_unpacklo_epi64(t1, t3);
+    v[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* bit-selection controls for Q5_0's high bits: byte k of a qword picks bit (value index) of the
+ * low dword (k < 4) or the high dword (k >= 4) of that qword, i.e. of lanes 2q and 2q + 1 */
+static uint64_t Q5_SEL[8];
+static void q5_sel_init(void) {
+    for (int j = 0; j < 8; j++) {
+        const int v0 = j < 4 ? 4 * j : 16 + 4 * (j - 4);
+        uint64_t c = 0;
+        for (int k = 0; k < 8; k++) c |= (uint64_t)(k < 4 ? v0 + k : 32 + v0 + k - 4) << (8 * k);
+        Q5_SEL[j] = c;
+    }
+}
+
+/* One tile: rows n0..n0+15 of W (type qt), B <= 8 activation rows, y[r * N + n0 + i]. */
+T_TILE AI void tile16_b(int qt, const uint8_t *W, int64_t rb, int N, int K, const act_t *A, const int32_t *sq,
+                        const int B, float *y, int n0) {
+    const int nb = K / 32;
+    const int bs = qt == ER_Q4_0 ? 18 : qt == ER_Q5_0 ? 22 : 34;
+    const int off = qt == ER_Q4_0 ? 8 : qt == ER_Q5_0 ? 16 : 128;
+    const uint8_t *base = W + (size_t)n0 * rb;
+    /* tile row order in lanes: the gathers below load in lane order */
+    const __m512i lane_row = _mm512_loadu_si512(TILE_ROW);
+    const __m512i roff = _mm512_mullo_epi32(lane_row, _mm512_set1_epi32((int)rb));
+    const __m512i m0f = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8((char)0x80), h16 = _mm512_set1_epi8(16);
+    __m512 facc[8];
+    for (int r = 0; r < B; r++) facc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = base + (size_t)b * bs;
+        /* the next tile's 16 * rb bytes are contiguous: prefetch them linearly over this tile's blocks */
+        for (int64_t o = (int64_t)b * 16 * bs; o < (int64_t)(b + 1) * 16 * bs; o += 64)
+            _mm_prefetch((const char *)(base + 16 * rb + o), _MM_HINT_T0);
+        __m512i w[8];
+        const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(roff, (const void *)blk, 1)));
+        if (qt == ER_Q8_0) {
+            tile_t4(blk + 2, rb, w);
+            tile_t4(blk + 18, rb, w + 4);
+            for (int j = 0; j < 8; j++) w[j] = _mm512_xor_si512(w[j], x80);
+        } else {
+            __m512i v[4];
+            tile_t4(blk + (qt == ER_Q5_0 ? 6 : 2), rb, v);
+            for (int j = 0; j < 4; j++) {
+                w[j] = _mm512_and_si512(v[j], m0f);
+                w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v[j], 4), m0f);
+            }
+            if (qt == ER_Q5_0) {
+                const __m512i qh = _mm512_i32gather_epi32(roff, (const void *)(blk + 2), 1);
+                for (int j = 0; j < 8; j++) {
+                    const __mmask64 m = _mm512_bitshuffle_epi64_mask(qh, _mm512_set1_epi64((long long)Q5_SEL[j]));
+                    w[j] = _mm512_mask_add_epi8(w[j], m, w[j], h16);
+                }
+            }
+        }
+        for (int r = 0; r < B; r++) {
+            const int8_t *q = A->q + (size_t)r * K + 32 * b;
+            __m512i acc = _mm512_set1_epi32(-off * sq[(size_t)r * nb + b]);
+            for (int j = 0; j < 8; j++) {
+                int32_t a4;
+                memcpy(&a4, q + 4 * j, 4);
+                acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(a4));
+            }
+            const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(A->l[(size_t)r * K / 4 + 8 * b]));
+            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, facc[r]);
+        }
+    }
+    /* lanes back to row order: out[i] = facc[lane of row i] */
+    const __m512i inv = _mm512_loadu_si512(TILE_ROW); /* the permutation is its own inverse */
+    for (int r = 0; r < B; r++) _mm512_storeu_ps(y + (size_t)r * N + n0, _mm512_permutexvar_ps(inv, facc[r]));
+}
+
+/* B as a constant, so the accumulators stay in registers */
+T_TILE static void tile16(int qt, const uint8_t *W, int64_t rb, int N, int K, const act_t *A, const int32_t *sq,
+                          int B, float *y, int n0) {
+    switch (B) {
+    case 1: tile16_b(qt, W, rb, N, K, A, sq, 1, y, n0); break;
+    case 2: tile16_b(qt, W, rb, N, K, A, sq, 2, y, n0); break;
+    case 3: tile16_b(qt, W, rb, N, K, A, sq, 3, y, n0); break;
+    case 4: tile16_b(qt, W, rb, N, K, A, sq, 4, y, n0); break;
+    case 5: tile16_b(qt, W, rb, N, K, A, sq, 5, y, n0); break;
+    case 6: tile16_b(qt, W, rb, N, K, A, sq, 6, y, n0); break;
+    case 7: tile16_b(qt, W, rb, N, K, A, sq, 7, y, n0); break;
+    default: tile16_b(qt, W, rb, N, K, A, sq, 8, y, n0); break;
+    }
+}
+
+#endif
