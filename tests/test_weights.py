@@ -1,0 +1,58 @@
+"""Weights moved into transparent huge pages: same values, same outputs, and the opt-outs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgerun.backends.base import QTensor
+from edgerun.runtime import weights
+from edgerun.runtime.runner import Runner, SeqInput
+from tests.synth import bench_gpu_module
+
+
+def _thp_ok() -> bool:
+    return weights.hugepages_wanted(1 << 20)
+
+
+def test_pin_copies_values_and_dedupes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weights, "hugepages_wanted", lambda total: True)
+    rng = np.random.default_rng(0)
+    a = QTensor("a", 8, 64, 5, rng.integers(0, 256, (5, 68), dtype=np.uint8))
+    b = QTensor("b", 0, 3, 7, rng.standard_normal((7, 3)).astype(np.float32))
+    before = [a.data.copy(), b.data.copy()]
+    moved = weights.pin_in_hugepages([a, b, a])  # `a` twice: a tied table is copied once
+    assert moved == 64 * (-(-a.data.nbytes // 64)) + 64 * (-(-b.data.nbytes // 64))
+    for t, old in zip((a, b), before, strict=True):
+        np.testing.assert_array_equal(t.data, old)
+        assert t.data.dtype == old.dtype and t.data.shape == old.shape and t.data.flags.c_contiguous
+        assert t.data.ctypes.data % 64 == 0
+    assert a.data.base is not None and np.shares_memory(a.data.base, b.data.base)
+
+
+def test_opt_outs(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = QTensor("a", 8, 32, 2, np.zeros((2, 34), np.uint8))
+    monkeypatch.setenv("EDGERUN_HUGEPAGES", "0")
+    assert not weights.hugepages_wanted(1 << 20)
+    assert weights.pin_in_hugepages([t]) == 0
+    monkeypatch.delenv("EDGERUN_HUGEPAGES")
+    monkeypatch.setattr(weights, "_available_bytes", lambda: 3 << 20)
+    assert not weights.hugepages_wanted(2 << 20)  # over half of the available memory
+    monkeypatch.setattr(weights, "_thp_mode", lambda: "never")
+    assert not weights.hugepages_wanted(1 << 10)
+
+
+def test_runner_outputs_equal_with_and_without(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _thp_ok():
+        pytest.skip("transparent huge pages are not offered here")
+    bench = bench_gpu_module()
+    shape = bench.Shape("synth", "qwen2", 2, 256, 512, 4, 2, 300, qkv_bias=True, ctx=128)
+    path = bench.write_synthetic_gguf(tmp_path / "m.gguf", shape, qtype=8, seed=1, exact=True)
+    outs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("EDGERUN_HUGEPAGES", flag)
+        r = Runner(path, n_ctx=64, n_threads=2)
+        assert (r.pinned_bytes > 0) == (flag == "1")
+        (lg,) = r.forward([SeqInput(np.arange(3, 12, dtype=np.int32), 0, r.contiguous_table(9))])
+        outs.append(lg)
+    np.testing.assert_array_equal(outs[0], outs[1])
