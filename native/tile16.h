@@ -92,9 +92,11 @@ T_TILE AI void tile16_b(int qt, const uint8_t *W, int64_t rb, int N, int K, cons
                 }
             }
         }
+#pragma GCC unroll 8
         for (int r = 0; r < B; r++) {
             const int8_t *q = A->q + (size_t)r * K + 32 * b;
             __m512i acc = _mm512_set1_epi32(-off * sq[(size_t)r * nb + b]);
+#pragma GCC unroll 8
             for (int j = 0; j < 8; j++) {
                 int32_t a4;
                 memcpy(&a4, q + 4 * j, 4);
