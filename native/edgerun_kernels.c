@@ -328,15 +328,15 @@ typedef struct {
     int32_t *n;   /* B*K/4 : -128 * sum of 4 quants (VNNI offset) */
     float *s32;   /* B*K/32 scale * sum of 32 quants */
     int32_t *sq;  /* B*K/32 sum of 32 quants (tile16 kernels) */
+    int g256;     /* per-32 format quantized with one scale per 256 (the K-quant kernels' rounding) */
     /* Q8_K-style (K-quant fused kernels): one scale per 256, sums per 16 */
     int8_t *kq;   /* B*K */
     float *kd;    /* B*K/256 */
     int16_t *kb;  /* B*K/16 */
 } act_t;
 
-AI void quant_block32(const float *x, int8_t *q, float *l, float *s, int32_t *n) {
-    float amax = 0.f;
-    for (int i = 0; i < 32; i++) { float a = fabsf(x[i]); amax = amax > a ? amax : a; }
+/* one block of 32 at the scale of amax (its own, or its 256-group's) */
+AI void quant_block32(const float *x, float amax, int8_t *q, float *l, float *s, int32_t *n) {
     const float d = amax / 127.f;
     const float id = amax > 0.f ? 127.f / amax : 0.f;
     int sum16[2] = {0, 0};
@@ -354,18 +354,34 @@ AI void quant_block32(const float *x, int8_t *q, float *l, float *s, int32_t *n)
     s[1] = d * (float)sum16[1];
 }
 
-static void quant_row_scalar(const float *x, int K, int8_t *q, float *l, float *s, int32_t *n) {
-    for (int b = 0; b < K / 32; b++) quant_block32(x + 32 * b, q + 32 * b, l + 8 * b, s + 2 * b, n + 8 * b);
+static float amax_of(const float *x, int n) {
+    float amax = 0.f;
+    for (int i = 0; i < n; i++) { float a = fabsf(x[i]); amax = amax > a ? amax : a; }
+    return amax;
+}
+
+/* group: 32, or 256 (one scale per 256 values, written per block of 32) */
+static void quant_row_scalar(const float *x, int K, int group, int8_t *q, float *l, float *s, int32_t *n) {
+    float amax = 0.f;
+    for (int b = 0; b < K / 32; b++) {
+        if ((32 * b) % group == 0) amax = amax_of(x + 32 * b, K - 32 * b < group ? K - 32 * b : group);
+        quant_block32(x + 32 * b, amax, q + 32 * b, l + 8 * b, s + 2 * b, n + 8 * b);
+    }
 }
 
 #ifdef ER_X86
-T_V512 static void quant_row_v512(const float *x, int K, int8_t *q, float *l, float *s, int32_t *n) {
+T_V512 static void quant_row_v512(const float *x, int K, int group, int8_t *q, float *l, float *s, int32_t *n) {
     const __m512 sgn = _mm512_set1_ps(-0.0f);
     const __m512 half = _mm512_set1_ps(0.5f);
+    float amax = 0.f;
     for (int b = 0; b < K / 32; b++) {
         __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
-        __m512 a = _mm512_max_ps(_mm512_andnot_ps(sgn, x0), _mm512_andnot_ps(sgn, x1));
-        float amax = _mm512_reduce_max_ps(a);
+        if ((32 * b) % group == 0) {
+            const int end = 32 * b + group < K ? 32 * b + group : K;
+            __m512 a = _mm512_setzero_ps();
+            for (int i = 32 * b; i < end; i += 16) a = _mm512_max_ps(a, _mm512_andnot_ps(sgn, _mm512_loadu_ps(x + i)));
+            amax = _mm512_reduce_max_ps(a);
+        }
         const float d = amax / 127.f;
         const float id = amax > 0.f ? 127.f / amax : 0.f;
         __m512 vid = _mm512_set1_ps(id);
@@ -393,11 +409,11 @@ T_V512 static void quant_row_v512(const float *x, int K, int8_t *q, float *l, fl
 }
 #endif
 
-static void quant_row(const float *x, int K, int8_t *q, float *l, float *s, int32_t *n) {
+static void quant_row(const float *x, int K, int group, int8_t *q, float *l, float *s, int32_t *n) {
 #ifdef ER_X86
-    if (g_isa >= ISA_AVX512VNNI) { quant_row_v512(x, K, q, l, s, n); return; }
+    if (g_isa >= ISA_AVX512VNNI) { quant_row_v512(x, K, group, q, l, s, n); return; }
 #endif
-    quant_row_scalar(x, K, q, l, s, n);
+    quant_row_scalar(x, K, group, q, l, s, n);
 }
 
 static int act_alloc(act_t *a, int B, int K, int want32, int wantk) {
@@ -468,7 +484,8 @@ static void quant_row_k_scalar(const float *x, int K, int8_t *q, float *d, int16
 static void act_quantize(act_t *a, const float *x, int B, int K) {
     if (a->q) {
         for (int b = 0; b < B; b++)
-            quant_row(x + (size_t)b * K, K, a->q + (size_t)b * K, a->l + (size_t)b * K / 4,
+            quant_row(x + (size_t)b * K, K, a->g256 && K % 256 == 0 ? 256 : 32, a->q + (size_t)b * K,
+                      a->l + (size_t)b * K / 4,
                       a->s + (size_t)b * K / 16, a->n + (size_t)b * K / 4);
         for (size_t i = 0; i < (size_t)B * K / 32; i++) {
             a->s32[i] = a->s[2 * i] + a->s[2 * i + 1];
@@ -2188,6 +2205,7 @@ static int matmul_impl(int qt, const void *W, int64_t row_bytes, int N, int K, c
     act_t A;
     const int k = wants_kact(qt, B);
     if (act_alloc(&A, B, K, !k, k)) { act_free(&A); return -2; }
+    A.g256 = is_kquant(qt); /* same rounding as the fused K-quant kernels: batch-size invariant */
     act_quantize(&A, x, B, K);
     int rc = matmul_q_act(qt, (const uint8_t *)W, row_bytes, N, K, &A, B, y);
     act_free(&A);
@@ -2452,6 +2470,7 @@ static int ffn_impl(const float *x, const float *norm_w, float eps, int qt_g, co
             act_t A;
             const int kg = wants_kact(qt_g, B), ku = wants_kact(qt_u, B);
             if (act_alloc(&A, B, D, !kg || !ku, kg || ku)) { act_free(&A); rc = -2; goto done; }
+            A.g256 = is_kquant(qt_g) && is_kquant(qt_u);
             act_quantize(&A, nx, B, D);
             rc = matmul_q_act(qt_g, Wg, rb_g, F, D, &A, B, g);
             if (!rc) rc = matmul_q_act(qt_u, Wu, rb_u, F, D, &A, B, u);

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import openai
 import pytest
 
@@ -51,14 +52,46 @@ def test_stream_and_non_stream_agree(client: openai.OpenAI) -> None:
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
 
 
+# Logit gap under which batch-dependent rounding may pick either token (as in test_parity): a float
+# summed in another order can flip an int8 activation rounding, which moves logits by ~0.1.
+NEAR_TIE = 0.25
+
+
 def test_eight_concurrent_equal_alone(live: LiveServer, client: openai.OpenAI) -> None:
+    """Eight concurrent greedy requests give what each gives alone.
+
+    The batched kernels sum floats in another order than the single-row ones, so a token whose
+    top-2 logits are nearly tied may flip. Such a split (at most 2 of 8) is accepted only where the
+    logits show the tie (top-2 gap < NEAR_TIE, the two answers taking one each); a request that got
+    another's answer or a corrupted cache fails it."""
+    from edgerun.generate import prefill
+
     tok = live.engine.tokenizer
     sp = SamplingParams(temperature=0, max_tokens=8)
-    alone = [live.engine.generate(tok.encode_chat([{"role": "user", "content": q}]), sp)[0]
-             for q in QUESTIONS]
+    prompts = [tok.encode_chat([{"role": "user", "content": q}]) for q in QUESTIONS]
+    alone = [live.engine.generate(p, sp)[:2] for p in prompts]
     with ThreadPoolExecutor(8) as ex:
         together = list(ex.map(lambda q: ask(client, q).choices[0].message.content, QUESTIONS))
-    assert together == alone
+    splits, probe = 0, None
+    for prompt, (text, ids), got in zip(prompts, alone, together, strict=True):
+        if got == text:
+            continue
+        splits += 1
+        j = 0  # first alone token whose text the concurrent answer does not continue with
+        while j < len(ids) and got.startswith(tok.decode(ids[: j + 1])):
+            j += 1
+        assert j < len(ids), (got, text)
+        if probe is None:  # its own runner: the engine's KV blocks hold the prefix cache
+            from edgerun.runtime.runner import Runner
+
+            probe = Runner(live.engine.runner.path, n_ctx=1024)
+        logits = prefill(probe, prompt + ids[:j])
+        top2 = [int(t) for t in np.argsort(-logits)[:2]]  # this probe rounds in its own order too
+        gap = float(logits[top2[0]] - logits[top2[1]])
+        assert ids[j] in top2 and gap < NEAR_TIE, f"{got!r} vs alone {text!r}: split at {j}, gap {gap:.3f}"
+        other = top2[1] if ids[j] == top2[0] else top2[0]
+        assert got.startswith(tok.decode(ids[:j] + [other])), (got, text)
+    assert splits <= 2, f"{splits} of {len(QUESTIONS)} concurrent answers differ from alone"
 
 
 def test_long_prefix_served_from_cache(live: LiveServer, client: openai.OpenAI) -> None:
