@@ -32,16 +32,33 @@ AI float er_dotf(const float *a, const float *b, int n) {
     return s;
 }
 
+/* what token t attends to from KV head g: n cache positions at slots sl (causal, windowed),
+ * and the query / output rows of its query heads from h0 on */
+typedef struct {
+    int n;
+    const int64_t *sl;
+    const float *q;
+    float *o;
+} attn_span_t;
+
+AI attn_span_t attn_span(const attn_ctx_t *c, int t, int g, int h0) {
+    const int pos = c->pos[t];
+    const int lo = c->window > 0 && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
+    const size_t head0 = (size_t)t * c->H + (size_t)g * (c->H / c->KVH) + h0;
+    const attn_span_t sp = {pos - lo + 1, c->rslots + c->roff[c->tok_seq[t]] + lo, c->q + head0 * c->hd,
+                            c->out + head0 * c->hd};
+    return sp;
+}
+
 /* token t, KV head g, its query heads [h0, h1) of the G = H / KVH sharing g: each K and V row is
  * read once for all of them (generic code; see attn_one_v512 for the AVX-512 one) */
 ER_CLONES static void attn_one(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc) {
-    const int H = c->H, hd = c->hd, KVH = c->KVH, G = h1 - h0;
-    const int s = c->tok_seq[t], pos = c->pos[t];
-    const int lo = c->window > 0 && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
-    const int n = pos - lo + 1;
-    const int64_t *sl = c->rslots + c->roff[s] + lo;
-    const float *q = c->q + ((size_t)t * H + (size_t)g * (H / KVH) + h0) * hd;
-    float *o = c->out + ((size_t)t * H + (size_t)g * (H / KVH) + h0) * hd;
+    const int hd = c->hd, KVH = c->KVH, G = h1 - h0;
+    const attn_span_t sp = attn_span(c, t, g, h0);
+    const int n = sp.n;
+    const int64_t *sl = sp.sl;
+    const float *q = sp.q;
+    float *o = sp.o;
     for (int j = 0; j < n; j++) {
         const float *kr = c->kc + ((size_t)sl[j] * KVH + g) * hd;
         for (int h = 0; h < G; h++) sc[(size_t)h * n + j] = er_dotf(q + (size_t)h * hd, kr, hd);
@@ -128,13 +145,12 @@ T_V512 AI void softmax_v512(float *r, int n) {
  * K rows stay in L1 for every head), then V in blocks of 32 positions (16 KiB at head_dim 128) that
  * stay in L1 while each head accumulates its output in registers */
 T_V512 AI void attn_one_v512(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc, const int NV) {
-    const int H = c->H, hd = 16 * NV, KVH = c->KVH, G = h1 - h0;
-    const int s = c->tok_seq[t], pos = c->pos[t];
-    const int lo = c->window > 0 && pos - c->window + 1 > 0 ? pos - c->window + 1 : 0;
-    const int n = pos - lo + 1;
-    const int64_t *sl = c->rslots + c->roff[s] + lo;
-    const float *q = c->q + ((size_t)t * H + (size_t)g * (H / KVH) + h0) * hd;
-    float *o = c->out + ((size_t)t * H + (size_t)g * (H / KVH) + h0) * hd;
+    const int hd = 16 * NV, KVH = c->KVH, G = h1 - h0; /* hd == c->hd (attn_one_v512_hd) */
+    const attn_span_t sp = attn_span(c, t, g, h0);
+    const int n = sp.n;
+    const int64_t *sl = sp.sl;
+    const float *q = sp.q;
+    float *o = sp.o;
     for (int j0 = 0; j0 < n; j0 += 16) {
         const int nj = n - j0 < 16 ? n - j0 : 16;
         const float *kr[16];
