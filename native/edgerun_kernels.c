@@ -101,6 +101,9 @@ static void *scratch(int slot, size_t n) {
 }
 
 static int g_bitalg = 0; /* AVX512_BITALG, for the tile16 kernels */
+#ifdef ER_X86
+static void q5_sel_init(void); /* tile16.h */
+#endif
 static int g_tile = 1;   /* tile16 kernels on (er_set_tile) */
 
 static void detect_isa(void) {
@@ -116,6 +119,7 @@ static void detect_isa(void) {
     g_isa_max = isa;
 #ifdef ER_X86
     g_bitalg = isa == ISA_AVX512VNNI && __builtin_cpu_supports("avx512bitalg");
+    if (g_bitalg) q5_sel_init();
 #endif
     const char *e = getenv("EDGERUN_ISA");
     if (e) {
@@ -1865,9 +1869,8 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
         }
     }
 #endif
+#ifdef ER_X86
     if (B >= 2 && g_tile && g_bitalg && g_isa >= ISA_AVX512VNNI && (fz == fz_q4_0 || fz == fz_q5_0 || fz == fz_q8_0)) {
-        static int sel_done = 0;
-        if (!sel_done) { q5_sel_init(); sel_done = 1; }
         const int qt = fz == fz_q4_0 ? ER_Q4_0 : fz == fz_q5_0 ? ER_Q5_0 : ER_Q8_0;
         for (; n0 + 16 <= n1; n0 += 16)
             for (int b0 = 0; b0 < B; b0 += 8) { /* up to 8 activation rows per pass over the tile */
@@ -1878,6 +1881,7 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
                        y + (size_t)b0 * N, n0);
             }
     }
+#endif
     const int per = g_isa >= ISA_AVX512VNNI ? ER_V512_NR : 4;
     for (int n = n0; n < n1; n++) {
         float res[ER_V512_NR];

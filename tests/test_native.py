@@ -301,3 +301,18 @@ def test_forced_fallback() -> None:
     assert r.returncode == 0, r.stderr
     assert "fallback ok" in r.stdout
     assert r.stderr.count("native kernels unavailable") == 1
+
+
+def test_portable_build_compiles(tmp_path) -> None:
+    """The sources build without any x86 code (what an ARM or other non-x86 compiler sees)."""
+    import shutil
+    from pathlib import Path
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = Path(__file__).resolve().parents[1] / "native" / "edgerun_kernels.c"
+    r = subprocess.run([cc, "-O1", "-std=gnu11", "-pthread", "-DER_NO_X86", "-Wall",
+                        "-Werror=implicit-function-declaration", "-c", str(src), "-o", str(tmp_path / "k.o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
