@@ -316,3 +316,20 @@ def test_portable_build_compiles(tmp_path) -> None:
                         "-Werror=implicit-function-declaration", "-c", str(src), "-o", str(tmp_path / "k.o")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("qt", [2, 6, 8])  # Q4_0, Q5_0, Q8_0
+def test_tile_kernels_match_row_kernels(qt: int) -> None:
+    """The 16-row tile kernels (small batches) and the row kernels give the same products."""
+    rng = np.random.default_rng(300 + qt)
+    k, n = 896, 50  # 3 whole tiles and 2 rows
+    w = make_weight(qt, n, k, rng)
+    for b in (2, 8, 11):
+        x = rng.standard_normal((b, k)).astype(np.float32)
+        old = nv.set_tile(False)
+        try:
+            rows = nv.matmul(qt, w, x)
+        finally:
+            nv.set_tile(old)
+        tiled = nv.matmul(qt, w, x)
+        np.testing.assert_allclose(tiled, rows, rtol=0, atol=1e-5 * np.abs(rows).max())
