@@ -99,19 +99,19 @@ T_V512 AI __m512 hsum16x16(const __m512 *a) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
 }
 
-/* fast_expf on 16 lanes (same polynomial and range reduction) */
+/* fast_expf on 16 lanes (same constants, EXP_*) */
 T_V512 AI __m512 exp512(__m512 x) {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(88.f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(EXP_P0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P5));
     p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
@@ -185,6 +185,101 @@ T_V512 AI void attn_one_v512(const attn_ctx_t *c, int t, int g, int h0, int h1, 
     }
 }
 
+/* ---- the same with AVX2 (8 lanes): 8 positions per reduction tree, head_dim = 8 * NV ---- */
+
+/* 8 vectors -> one vector of their 8 horizontal sums, in order */
+T_AVX2 AI __m256 hsum8x8(const __m256 *a) {
+    const __m256 b0 = _mm256_hadd_ps(a[0], a[1]), b1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 b2 = _mm256_hadd_ps(a[4], a[5]), b3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 c0 = _mm256_hadd_ps(b0, b1), c1 = _mm256_hadd_ps(b2, b3);
+    /* c0 = [s0 s1 s2 s3 | s0' s1' s2' s3'] (low / high 128-bit halves of each input), c1 likewise */
+    return _mm256_add_ps(_mm256_permute2f128_ps(c0, c1, 0x20), _mm256_permute2f128_ps(c0, c1, 0x31));
+}
+
+/* fast_expf on 8 lanes */
+T_AVX2 AI __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+T_AVX2 AI void softmax_avx2(float *r, int n) {
+    float m = -INFINITY;
+    for (int j = 0; j < n; j++) m = r[j] > m ? r[j] : m;
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 sv = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(r + j), mv));
+        _mm256_storeu_ps(r + j, e);
+        sv = _mm256_add_ps(sv, e);
+    }
+    float sum = hsum256(sv);
+    for (; j < n; j++) { r[j] = fast_expf(r[j] - m); sum += r[j]; }
+    const float inv = 1.f / sum;
+    for (j = 0; j < n; j++) r[j] *= inv;
+}
+
+T_AVX2 AI void attn_one_avx2(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc, const int NV) {
+    const int hd = 8 * NV, KVH = c->KVH, G = h1 - h0; /* hd == c->hd (attn_one_avx2_hd) */
+    const attn_span_t sp = attn_span(c, t, g, h0);
+    const int n = sp.n;
+    for (int j0 = 0; j0 < n; j0 += 8) {
+        const int nj = n - j0 < 8 ? n - j0 : 8;
+        const float *kr[8];
+        for (int jj = 0; jj < 8; jj++) kr[jj] = c->kc + ((size_t)sp.sl[j0 + (jj < nj ? jj : 0)] * KVH + g) * hd;
+        for (int h = 0; h < G; h++) {
+            const float *qh = sp.q + (size_t)h * hd;
+            __m256 acc[8];
+            for (int jj = 0; jj < 8; jj++) {
+                __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(kr[jj]));
+                for (int v = 1; v < NV; v++)
+                    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * v), _mm256_loadu_ps(kr[jj] + 8 * v), s0);
+                acc[jj] = s0;
+            }
+            float tmp[8];
+            _mm256_storeu_ps(tmp, hsum8x8(acc));
+            memcpy(sc + (size_t)h * n + j0, tmp, sizeof(float) * (size_t)nj);
+        }
+    }
+    for (int h = 0; h < G; h++) softmax_avx2(sc + (size_t)h * n, n);
+    for (int j0 = 0; j0 < n; j0 += 32) {
+        const int j1 = j0 + 32 < n ? j0 + 32 : n;
+        for (int h = 0; h < G; h++) {
+            const float *r = sc + (size_t)h * n;
+            float *oh = sp.o + (size_t)h * hd;
+            __m256 acc[NV];
+            for (int v = 0; v < NV; v++) acc[v] = j0 ? _mm256_loadu_ps(oh + 8 * v) : _mm256_setzero_ps();
+            for (int j = j0; j < j1; j++) {
+                const float *vr = c->vc + ((size_t)sp.sl[j] * KVH + g) * hd;
+                const __m256 w = _mm256_set1_ps(r[j]);
+                for (int v = 0; v < NV; v++) acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * v), acc[v]);
+            }
+            for (int v = 0; v < NV; v++) _mm256_storeu_ps(oh + 8 * v, acc[v]);
+        }
+    }
+}
+
+/* 0 when head_dim has no AVX2 variant */
+T_AVX2 static int attn_one_avx2_hd(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc) {
+    switch (c->hd) {
+    case 64: attn_one_avx2(c, t, g, h0, h1, sc, 8); return 1;
+    case 128: attn_one_avx2(c, t, g, h0, h1, sc, 16); return 1;
+    default: return 0;
+    }
+}
+
 /* 0 when head_dim has no AVX-512 variant */
 T_V512 static int attn_one_v512_hd(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc) {
     switch (c->hd) {
@@ -208,6 +303,7 @@ static void attn_task(void *p, int i0, int i1) {
         if (h0 >= h1) continue;
 #ifdef ER_X86
         if (g_isa >= ISA_AVX512VNNI && attn_one_v512_hd(c, tg / c->KVH, tg % c->KVH, h0, h1, sc)) continue;
+        if (g_isa == ISA_AVX2 && attn_one_avx2_hd(c, tg / c->KVH, tg % c->KVH, h0, h1, sc)) continue;
 #endif
         attn_one(c, tg / c->KVH, tg % c->KVH, h0, h1, sc);
     }

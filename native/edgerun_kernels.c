@@ -2360,18 +2360,30 @@ ER_API void er_softmax(float *x, int R, int D) {
     pool_run(softmax_task, &c, R, light_threads((int64_t)R * D), 1);
 }
 
+/* exp(x) = 2^n * e^r, n = round(x / ln2), r = x - n ln2 (ln2 split in two for precision), e^r by a
+ * degree-7 polynomial; shared by the scalar and the SIMD versions (attn_block.h) */
+#define EXP_LOG2E 1.4426950408889634f
+#define EXP_LN2_HI 0.693145751953125f
+#define EXP_LN2_LO 1.428606765330187e-06f
+#define EXP_P0 1.9875691500e-4f
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
+
 /* exp for the activations: branch-free so the loops vectorize (rel. error ~2e-7 on [-87, 88]) */
 AI float fast_expf(float x) {
     x = __builtin_fminf(__builtin_fmaxf(x, -87.f), 88.f);
-    const float t = x * 1.4426950408889634f;
+    const float t = x * EXP_LOG2E;
     const float n = (t + 12582912.f) - 12582912.f; /* round to nearest (|t| < 2^22) */
-    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f; /* |r| <= ln2/2 */
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    const float r = (x - n * EXP_LN2_HI) - n * EXP_LN2_LO; /* |r| <= ln2/2 */
+    float p = EXP_P0;
+    p = p * r + EXP_P1;
+    p = p * r + EXP_P2;
+    p = p * r + EXP_P3;
+    p = p * r + EXP_P4;
+    p = p * r + EXP_P5;
     p = p * r * r + r + 1.f;
     union { uint32_t u; float f; } s;
     s.u = (uint32_t)((int32_t)n + 127) << 23;

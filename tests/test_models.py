@@ -158,11 +158,26 @@ def test_native_fused_blocks_match_reference(tmp_path, arch, one_call):
     assert err < 0.03, f"{arch}: relative error {err:.4f}"
 
 
+@pytest.fixture(params=["best", "avx2"])
+def native_isa(request):
+    """The native kernels at the best instruction set, then forced down to AVX2."""
+    from edgerun.backends import native as nv
+
+    if not nv.available():
+        pytest.skip("native library not built")
+    if request.param != "best" and nv.set_isa(request.param) != request.param:
+        nv.set_isa(None)
+        pytest.skip(f"{request.param} is not available here")
+    yield request.param
+    nv.set_isa(None)
+
+
 @pytest.mark.parametrize(("n_heads", "n_kv", "hd"), [(4, 2, 64), (4, 2, 128), (2, 1, 256), (6, 2, 48)])
-def test_native_attention_long_context_batched(tmp_path, n_heads, n_kv, hd):
+def test_native_attention_long_context_batched(tmp_path, n_heads, n_kv, hd, native_isa):
     """The native attention past its 16- and 32-position blocks, for the head sizes it has SIMD code
-    for (48 takes the generic path), with two sequences of different lengths in one batch, prefill
-    then batched decode; one KV head (256) splits the query heads over the threads.
+    for (AVX-512: 64, 128, 256; AVX2: 64, 128; others take the generic path), with two sequences of
+    different lengths in one batch, prefill then batched decode; one KV head (256) splits the query
+    heads over the threads.
 
     Held against the same native matmuls with the numpy attention (only the attention differs) and,
     more loosely, against the float reference (8-bit activations differ too)."""
