@@ -1,4 +1,4 @@
-/* Fused attention block for the CPU-only mode: one call per layer per step.
+/* Fused attention block for the CPU-only mode, run per layer by er_layers (end of this file).
  *
  * Included at the end of edgerun_kernels.c (it uses the thread pool, the matmul and norm
  * entry points defined there). For T new tokens of a batch of sequences:
@@ -418,21 +418,6 @@ done:
     return rc;
 }
 
-ER_API int er_attn_block(const float *x, int T, int D, const float *norm_w, float eps,
-                         int qt_q, const void *Wq, int64_t rb_q, const float *bq,
-                         int qt_k, const void *Wk, int64_t rb_k, const float *bk,
-                         int qt_v, const void *Wv, int64_t rb_v, const float *bv,
-                         int qt_o, const void *Wo, int64_t rb_o,
-                         const float *q_norm, const float *k_norm, const float *post_norm,
-                         int H, int KVH, int hd, int neox, float rope_base, float pos_scale,
-                         float attn_scale, int window, const int32_t *pos, float *kcache, float *vcache,
-                         const int64_t *write_slots, const int32_t *tok_seq, const int64_t *read_slots,
-                         const int64_t *read_off, int max_ctx, float *out) {
-    API_TIMED(attn_block_impl(x, T, D, norm_w, eps, qt_q, Wq, rb_q, bq, qt_k, Wk, rb_k, bk, qt_v, Wv, rb_v, bv,
-                              qt_o, Wo, rb_o, q_norm, k_norm, post_norm, H, KVH, hd, neox, rope_base, pos_scale,
-                              attn_scale, window, pos, kcache, vcache, write_slots, tok_seq, read_slots, read_off,
-                              max_ctx, out));
-}
 
 /* ---- the whole layer stack of a CPU-only step in one call ----
  * Per layer: the attention block above, then the FFN (with Gemma's post-norm), x updated in place.

@@ -132,8 +132,8 @@ def test_tied_output_uses_embeddings(tmp_path):
 @pytest.mark.parametrize("one_call", [True, False])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_native_fused_blocks_match_reference(tmp_path, arch, one_call):
-    """The fused native attention/FFN blocks, over a scattered paged cache, prefill + decode: all
-    layers in one native call, or one call per block."""
+    """The native layers over a scattered paged cache, prefill + decode: all layers in one native
+    call, or numpy attention with one native call per FFN block (the hybrid runner's CPU FFN)."""
     from edgerun.backends.registry import make_backend
 
     try:
@@ -188,7 +188,7 @@ def test_native_attention_long_context_batched(tmp_path, n_heads, n_kv, hd, nati
     except RuntimeError:
         pytest.skip("native library not built")
     unfused = make_backend("native", 2)
-    unfused.attn_block = unfused.run_layers = None  # numpy attention over native matmuls
+    unfused.run_layers = None  # numpy attention over native matmuls
     path = write_model(tmp_path / "m.gguf", arch="qwen2", dim=n_heads * hd, ffn=256, n_heads=n_heads,
                        n_kv=n_kv, qtype=T.Q8_0)
     rng = np.random.default_rng(7)

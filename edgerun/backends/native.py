@@ -89,9 +89,6 @@ def _load() -> None:
         "er_act_gate": ([vp, vp, vp, i64, i32], None),
         "er_add": ([vp, vp, vp, i64], None),
         "er_ffn": ([vp, vp, f32, i32, vp, i64, i32, vp, i64, i32, vp, i64, i32, i32, i32, i32, vp], i32),
-        "er_attn_block": ([vp, i32, i32, vp, f32] + [i32, vp, i64, vp] * 3 + [i32, vp, i64]
-                          + [vp, vp, vp, i32, i32, i32, i32, f32, f32, f32, i32]
-                          + [vp, vp, vp, vp, vp, vp, vp, i32, vp], i32),
         "er_layer_size": ([], i64),
         "er_layers": ([vp, i32, vp, vp, vp, i32, i32, f32, vp, vp, vp, vp, vp, i32], i32),
     }
@@ -421,57 +418,6 @@ def ffn(
     return out[0] if squeeze else out
 
 
-def attn_block(x: np.ndarray, norm_w: np.ndarray, eps: float, wq: QTensor, wk: QTensor, wv: QTensor,
-               wo: QTensor, bq: np.ndarray | None, bk: np.ndarray | None, bv: np.ndarray | None,
-               q_norm: np.ndarray | None, k_norm: np.ndarray | None, post_norm: np.ndarray | None,
-               n_heads: int, n_kv_heads: int, head_dim: int, neox: bool, rope_base: float,
-               pos_scale: float, attn_scale: float, window: int, pos: np.ndarray, kcache: np.ndarray,
-               vcache: np.ndarray, write_slots: np.ndarray, tok_seq: np.ndarray, read_slots: np.ndarray,
-               read_off: np.ndarray, max_ctx: int) -> np.ndarray:
-    """One fused attention block with residual over a paged KV cache (see native/attn_block.h).
-
-    x (T, D); kcache/vcache (slots, KVH, hd) float32, written in place at `write_slots`;
-    sequence s reads its positions from `read_slots[read_off[s]:]`. Returns x + attn(x).
-    """
-    if _lib is None:
-        raise RuntimeError("native library not loaded")
-    x = _f32c(x)
-    t, d = x.shape
-    def build() -> tuple[tuple, list]:
-        qd, kd = n_heads * head_dim, n_kv_heads * head_dim
-        norms = (norm_w, bq, bk, bv, q_norm, k_norm, post_norm)
-        ws = [_weight(int(w.qtype), w.data, w.k) for w in (wq, wk, wv, wo)]
-        for w, (kk, nn) in zip((wq, wk, wv, wo), ((d, qd), (d, kd), (d, kd), (qd, d)), strict=True):
-            if w.k != kk or w.n != nn:
-                raise ValueError(f"{w.name}: shape ({w.n}, {w.k}) does not fit the attention block")
-        f = [None if a is None else _f32c(a) for a in norms]
-
-        def opt(a: np.ndarray | None) -> object:
-            return None if a is None else a.ctypes.data
-
-        args = (opt(f[0]), float(eps),
-                int(wq.qtype), ws[0][0], ws[0][1], opt(f[1]),
-                int(wk.qtype), ws[1][0], ws[1][1], opt(f[2]),
-                int(wv.qtype), ws[2][0], ws[2][1], opt(f[3]),
-                int(wo.qtype), ws[3][0], ws[3][1],
-                opt(f[4]), opt(f[5]), opt(f[6]),
-                n_heads, n_kv_heads, head_dim, int(bool(neox)), float(rope_base), float(pos_scale),
-                float(attn_scale), int(window))
-        return args, f
-
-    args = _layer_args(wq.data, (wk.data, wv.data, wo.data, norm_w, bq, bk, bv, q_norm, k_norm, post_norm),
-                       build)
-    if not (kcache.flags.c_contiguous and vcache.flags.c_contiguous and kcache.dtype == np.float32):
-        raise ValueError("KV cache must be C-contiguous float32")
-    out = np.empty_like(x)
-    rc = _lib.er_attn_block(_ptr(x), t, d, *args, _ptr(pos), kcache.ctypes.data, vcache.ctypes.data,
-                            _ptr(write_slots), _ptr(tok_seq), _ptr(read_slots), _ptr(read_off), int(max_ctx),
-                            _ptr(out))
-    if rc:
-        raise RuntimeError(f"er_attn_block failed ({rc})")
-    return out
-
-
 def _layer_table(model: Any) -> tuple[ctypes.Array, list]:
     """The ``er_layer_t`` array of a model's layers and the arrays its pointers need kept alive."""
     a = model.args
@@ -601,10 +547,6 @@ class NativeBackend:
         act: str = "silu",
     ) -> np.ndarray:
         return ffn(x, norm_w, eps, gate, up, down, act)
-
-    def attn_block(self, *args: object, **kw: object) -> np.ndarray:
-        """Fused attention block; see :func:`attn_block`."""
-        return attn_block(*args, **kw)  # type: ignore[arg-type]
 
     def rms_norm(self, x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
         """Row-wise RMS norm times ``w``."""

@@ -373,28 +373,19 @@ class Transformer:
         x = self.backend.get_rows(self.tok_embd, b.tokens)  # (T, D)
         if a.embed_scale != 1.0:
             x = x * np.float32(a.embed_scale)
-        fused = getattr(self.backend, "ffn", None)
-        fused_attn = getattr(self.backend, "attn_block", None)
         run_layers = getattr(self.backend, "run_layers", None)
         if run_layers is not None:
             # One native call for the whole layer stack (attention blocks and FFNs).
             x = run_layers(self, x, b, kv)
-        for i, ly in enumerate(self.layers if run_layers is None else ()):
-            if fused_attn is not None:
-                # One native call: norm, QKV, QK-norm, RoPE, cache write, attention, O, residual.
-                f = b.flat()
-                x = fused_attn(x, ly.attn_norm, a.norm_eps, ly.wq, ly.wk, ly.wv, ly.wo, ly.bq, ly.bk, ly.bv,
-                               ly.q_norm, ly.k_norm, ly.post_attn_norm, a.n_heads, a.n_kv_heads,
-                               a.head_dim, a.rope_neox, a.rope_bases[i], a.rope_pos_scales[i],
-                               a.attn_scale, a.windows[i], f["pos"], kv.k[i], kv.v[i], f["write_slots"],
-                               f["tok_seq"], f["read_slots"], f["read_off"], f["max_ctx"])
-            else:
+        else:
+            fused = getattr(self.backend, "ffn", None)
+            for i, ly in enumerate(self.layers):
                 x = x + self.attention_block(i, ly, x, b, kv)
-            if fused is not None and ly.post_ffn_norm is None:
-                # One native call: norm, gate/up, activation, down and the residual add.
-                x = fused(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
-            else:
-                x = x + self.ffn_block(ly, x)
+                if fused is not None and ly.post_ffn_norm is None:
+                    # One native call: norm, gate/up, activation, down and the residual add.
+                    x = fused(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
+                else:
+                    x = x + self.ffn_block(ly, x)
         rows = []
         for s0, n, want in zip(b.seq_starts, b.seq_lens, b.want_all):
             rows.append(np.arange(s0, s0 + n) if want else np.array([s0 + n - 1]))
