@@ -2036,6 +2036,7 @@ static int matmul_multi(int nm, const int *qt, const void *const *W, const int64
         return 0;
     }
     act_t A, A4, A5;
+    const act_t *A4p = NULL, *A5p = NULL;
     if (act_alloc(&A, B, K, need32, needk)) return -2;
     act_quantize(&A, x, B, K);
     multi_ctx_t c;
@@ -2049,8 +2050,10 @@ static int matmul_multi(int nm, const int *qt, const void *const *W, const int64
         c.rb[m] = rb[m];
         c.N[m] = N[m];
         c.y[m] = y[m];
-        c.A[m] = qt[m] == ER_Q4_0 ? act_offset_variant(qt[m], &A, B, K, &A4, 8)
-               : qt[m] == ER_Q5_0 ? act_offset_variant(qt[m], &A, B, K, &A5, 10) : &A;
+        /* Q4_0 / Q5_0: one offset copy per type, made once and shared by its matrices */
+        if (qt[m] == ER_Q4_0) c.A[m] = A4p = A4p ? A4p : act_offset_variant(qt[m], &A, B, K, &A4, 8);
+        else if (qt[m] == ER_Q5_0) c.A[m] = A5p = A5p ? A5p : act_offset_variant(qt[m], &A, B, K, &A5, 10);
+        else c.A[m] = &A;
         if (!c.A[m]) return -2;
         c.start[m + 1] = c.start[m] + N[m];
     }
@@ -2477,7 +2480,8 @@ static int ffn_impl(const float *x, const float *norm_w, float eps, int qt_g, co
         if (act_alloc(&A, B, D, !kg || !ku, kg || ku)) { rc = -2; goto done; }
         act_quantize(&A, nx, B, D);
         gu_ctx_t c = {pick_fused(qt_g), pick_fused(qt_u), Wg, Wu, rb_g, rb_u, F, D, B, act,
-                      act_offset_variant(qt_g, &A, B, D, &A4, 8), act_offset_variant(qt_u, &A, B, D, &A5, 10), g, u};
+                      act_offset_variant(qt_g, &A, B, D, &A4, 8), NULL, g, u};
+        c.Au = qt_u == qt_g ? c.Ag : act_offset_variant(qt_u, &A, B, D, &A5, 10); /* gate and up share a type */
         if (!c.Ag || !c.Au) { rc = -2; goto done; }
         if (par_worth(2 * (int64_t)F, D, B)) pool_run(gu_task, &c, F, nthreads(), 16);
         else gu_task(&c, 0, F);
