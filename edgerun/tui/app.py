@@ -25,6 +25,7 @@ from textual.screen import Screen
 from edgerun.tui import register  # noqa: F401 - re-exported for the CLI
 from edgerun.tui.backend import ChatBackend, InProcessBackend
 from edgerun.tui.history import HistoryStore, conversation_markdown, slugify
+from edgerun.tui.screens import still_cursors
 from edgerun.tui.screens.chat import ChatScreen
 from edgerun.tui.screens.dialogs import InputDialog
 from edgerun.tui.screens.history import HistoryScreen
@@ -101,8 +102,7 @@ class ChatApp(App):
     def chat_mounted(self) -> None:
         """Called once the main screen exists: start the probes and the model load."""
         if self.freeze_stats:
-            for inp in self.query("Input"):
-                inp.cursor_blink = False
+            still_cursors(self.chat)
         else:
             self._start_probe()
         self.load_model(self.backend)

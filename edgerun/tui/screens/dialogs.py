@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from edgerun.tui.screens import still_cursors
+
 
 class InputDialog(ModalScreen[str | None]):
     """Ask for one line of text; dismisses with the text, or None on Esc."""
@@ -27,6 +29,9 @@ class InputDialog(ModalScreen[str | None]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("OK", variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        still_cursors(self)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

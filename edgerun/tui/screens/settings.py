@@ -10,6 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, TextArea
 
+from edgerun.tui.screens import still_cursors
 from edgerun.tui.settings import Settings
 
 
@@ -45,6 +46,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        still_cursors(self)
         self.query_one("#system-prompt", TextArea).focus()
 
     def read_form(self) -> Settings:
