@@ -244,6 +244,8 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
                    help="use at most this much VRAM")
     p.add_argument("--override", action="append", default=[], metavar="REGEX=cpu|gpu",
                    help="force matching tensors onto a device (repeatable, like llama.cpp's -ot)")
+    p.add_argument("--kv-type", choices=["f16", "f32"], default="f16",
+                   help="CPU KV cache element type (f16 halves its memory; llama.cpp's --cache-type-k/v)")
 
 
 def _add_model_args(p: argparse.ArgumentParser, ctx: int = 4096) -> None:

@@ -11,14 +11,27 @@
  * Sequence s's cache positions 0..ctx_len[s]-1 live at read_slots[read_off[s] + j].
  */
 
+#define ER_MAX_HD 1024 /* the largest head size taken */
+
 typedef struct {
-    const float *q, *kc, *vc;
+    const float *q;
+    const void *kc, *vc; /* float, or IEEE half when f16 */
     const int64_t *rslots, *roff;
     const int32_t *tok_seq, *pos;
     int H, KVH, hd, window, max_ctx;
     float *out;
-    int nsplit;
+    int nsplit, f16;
 } attn_ctx_t;
+
+/* the K or V row of cache slot `slot`, KV head g, as floats: in place for a float cache, else
+ * converted into tmp (hd floats) */
+AI const float *kv_row(const attn_ctx_t *c, const void *base, int64_t slot, int g, float *tmp) {
+    const size_t off = ((size_t)slot * c->KVH + g) * c->hd;
+    if (!c->f16) return (const float *)base + off;
+    const uint16_t *h = (const uint16_t *)base + off;
+    for (int d = 0; d < c->hd; d++) tmp[d] = h2f(h[d]);
+    return tmp;
+}
 
 /* a . b over n floats (n a multiple of 16 vectorizes fully) */
 AI float er_dotf(const float *a, const float *b, int n) {
@@ -53,14 +66,15 @@ AI attn_span_t attn_span(const attn_ctx_t *c, int t, int g, int h0) {
 /* token t, KV head g, its query heads [h0, h1) of the G = H / KVH sharing g: each K and V row is
  * read once for all of them (generic code; see attn_one_v512 for the AVX-512 one) */
 ER_CLONES static void attn_one(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc) {
-    const int hd = c->hd, KVH = c->KVH, G = h1 - h0;
+    const int hd = c->hd, G = h1 - h0;
+    float tmp[ER_MAX_HD];
     const attn_span_t sp = attn_span(c, t, g, h0);
     const int n = sp.n;
     const int64_t *sl = sp.sl;
     const float *q = sp.q;
     float *o = sp.o;
     for (int j = 0; j < n; j++) {
-        const float *kr = c->kc + ((size_t)sl[j] * KVH + g) * hd;
+        const float *kr = kv_row(c, c->kc, sl[j], g, tmp);
         for (int h = 0; h < G; h++) sc[(size_t)h * n + j] = er_dotf(q + (size_t)h * hd, kr, hd);
     }
     for (int h = 0; h < G; h++) {
@@ -75,7 +89,7 @@ ER_CLONES static void attn_one(const attn_ctx_t *c, int t, int g, int h0, int h1
         memset(o + (size_t)h * hd, 0, sizeof(float) * (size_t)hd);
     }
     for (int j = 0; j < n; j++) {
-        const float *vr = c->vc + ((size_t)sl[j] * KVH + g) * hd;
+        const float *vr = kv_row(c, c->vc, sl[j], g, tmp);
         for (int h = 0; h < G; h++) {
             const float w = sc[(size_t)h * n + j];
             float *oh = o + (size_t)h * hd;
@@ -144,7 +158,14 @@ T_V512 AI void softmax_v512(float *r, int n) {
 /* attn_one with AVX-512 for head_dim = 16 * NV: the scores of 16 positions per reduction tree (their
  * K rows stay in L1 for every head), then V in blocks of 32 positions (16 KiB at head_dim 128) that
  * stay in L1 while each head accumulates its output in registers */
-T_V512 AI void attn_one_v512(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc, const int NV) {
+/* 16 cache values from p (floats, or halves when F16) */
+T_V512 AI __m512 ld_kv512(const void *p, size_t off, const int F16) {
+    return F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + off)))
+               : _mm512_loadu_ps((const float *)p + off);
+}
+
+T_V512 AI void attn_one_v512(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc, const int NV,
+                             const int F16) {
     const int hd = 16 * NV, KVH = c->KVH, G = h1 - h0; /* hd == c->hd (attn_one_v512_hd) */
     const attn_span_t sp = attn_span(c, t, g, h0);
     const int n = sp.n;
@@ -153,15 +174,15 @@ T_V512 AI void attn_one_v512(const attn_ctx_t *c, int t, int g, int h0, int h1, 
     float *o = sp.o;
     for (int j0 = 0; j0 < n; j0 += 16) {
         const int nj = n - j0 < 16 ? n - j0 : 16;
-        const float *kr[16];
-        for (int jj = 0; jj < 16; jj++) kr[jj] = c->kc + ((size_t)sl[j0 + (jj < nj ? jj : 0)] * KVH + g) * hd;
+        size_t kr[16];
+        for (int jj = 0; jj < 16; jj++) kr[jj] = ((size_t)sl[j0 + (jj < nj ? jj : 0)] * KVH + g) * hd;
         for (int h = 0; h < G; h++) {
             const float *qh = q + (size_t)h * hd;
             __m512 acc[16];
             for (int jj = 0; jj < 16; jj++) {
-                __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(qh), _mm512_loadu_ps(kr[jj]));
+                __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(qh), ld_kv512(c->kc, kr[jj], F16));
                 for (int v = 1; v < NV; v++)
-                    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * v), _mm512_loadu_ps(kr[jj] + 16 * v), s0);
+                    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * v), ld_kv512(c->kc, kr[jj] + 16 * v, F16), s0);
                 acc[jj] = s0;
             }
             _mm512_mask_storeu_ps(sc + (size_t)h * n + j0, (__mmask16)((1u << nj) - 1), hsum16x16(acc));
@@ -176,9 +197,9 @@ T_V512 AI void attn_one_v512(const attn_ctx_t *c, int t, int g, int h0, int h1, 
             __m512 acc[NV];
             for (int v = 0; v < NV; v++) acc[v] = j0 ? _mm512_loadu_ps(oh + 16 * v) : _mm512_setzero_ps();
             for (int j = j0; j < j1; j++) {
-                const float *vr = c->vc + ((size_t)sl[j] * KVH + g) * hd;
+                const size_t vr = ((size_t)sl[j] * KVH + g) * hd;
                 const __m512 w = _mm512_set1_ps(r[j]);
-                for (int v = 0; v < NV; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + 16 * v), acc[v]);
+                for (int v = 0; v < NV; v++) acc[v] = _mm512_fmadd_ps(w, ld_kv512(c->vc, vr + 16 * v, F16), acc[v]);
             }
             for (int v = 0; v < NV; v++) _mm512_storeu_ps(oh + 16 * v, acc[v]);
         }
@@ -231,21 +252,28 @@ T_AVX2 AI void softmax_avx2(float *r, int n) {
     for (j = 0; j < n; j++) r[j] *= inv;
 }
 
-T_AVX2 AI void attn_one_avx2(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc, const int NV) {
+/* 8 cache values from p (floats, or halves when F16) */
+T_AVX2 AI __m256 ld_kv256(const void *p, size_t off, const int F16) {
+    return F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + off)))
+               : _mm256_loadu_ps((const float *)p + off);
+}
+
+T_AVX2 AI void attn_one_avx2(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc, const int NV,
+                             const int F16) {
     const int hd = 8 * NV, KVH = c->KVH, G = h1 - h0; /* hd == c->hd (attn_one_avx2_hd) */
     const attn_span_t sp = attn_span(c, t, g, h0);
     const int n = sp.n;
     for (int j0 = 0; j0 < n; j0 += 8) {
         const int nj = n - j0 < 8 ? n - j0 : 8;
-        const float *kr[8];
-        for (int jj = 0; jj < 8; jj++) kr[jj] = c->kc + ((size_t)sp.sl[j0 + (jj < nj ? jj : 0)] * KVH + g) * hd;
+        size_t kr[8];
+        for (int jj = 0; jj < 8; jj++) kr[jj] = ((size_t)sp.sl[j0 + (jj < nj ? jj : 0)] * KVH + g) * hd;
         for (int h = 0; h < G; h++) {
             const float *qh = sp.q + (size_t)h * hd;
             __m256 acc[8];
             for (int jj = 0; jj < 8; jj++) {
-                __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(kr[jj]));
+                __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(qh), ld_kv256(c->kc, kr[jj], F16));
                 for (int v = 1; v < NV; v++)
-                    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * v), _mm256_loadu_ps(kr[jj] + 8 * v), s0);
+                    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * v), ld_kv256(c->kc, kr[jj] + 8 * v, F16), s0);
                 acc[jj] = s0;
             }
             float tmp[8];
@@ -262,9 +290,9 @@ T_AVX2 AI void attn_one_avx2(const attn_ctx_t *c, int t, int g, int h0, int h1, 
             __m256 acc[NV];
             for (int v = 0; v < NV; v++) acc[v] = j0 ? _mm256_loadu_ps(oh + 8 * v) : _mm256_setzero_ps();
             for (int j = j0; j < j1; j++) {
-                const float *vr = c->vc + ((size_t)sp.sl[j] * KVH + g) * hd;
+                const size_t vr = ((size_t)sp.sl[j] * KVH + g) * hd;
                 const __m256 w = _mm256_set1_ps(r[j]);
-                for (int v = 0; v < NV; v++) acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * v), acc[v]);
+                for (int v = 0; v < NV; v++) acc[v] = _mm256_fmadd_ps(w, ld_kv256(c->vc, vr + 8 * v, F16), acc[v]);
             }
             for (int v = 0; v < NV; v++) _mm256_storeu_ps(oh + 8 * v, acc[v]);
         }
@@ -273,21 +301,25 @@ T_AVX2 AI void attn_one_avx2(const attn_ctx_t *c, int t, int g, int h0, int h1, 
 
 /* 0 when head_dim has no AVX2 variant */
 T_AVX2 static int attn_one_avx2_hd(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc) {
+#define A2(NV_) (c->f16 ? attn_one_avx2(c, t, g, h0, h1, sc, NV_, 1) : attn_one_avx2(c, t, g, h0, h1, sc, NV_, 0))
     switch (c->hd) {
-    case 64: attn_one_avx2(c, t, g, h0, h1, sc, 8); return 1;
-    case 128: attn_one_avx2(c, t, g, h0, h1, sc, 16); return 1;
+    case 64: A2(8); return 1;
+    case 128: A2(16); return 1;
     default: return 0;
     }
+#undef A2
 }
 
 /* 0 when head_dim has no AVX-512 variant */
 T_V512 static int attn_one_v512_hd(const attn_ctx_t *c, int t, int g, int h0, int h1, float *sc) {
+#define A5(NV_) (c->f16 ? attn_one_v512(c, t, g, h0, h1, sc, NV_, 1) : attn_one_v512(c, t, g, h0, h1, sc, NV_, 0))
     switch (c->hd) {
-    case 64: attn_one_v512(c, t, g, h0, h1, sc, 4); return 1;
-    case 128: attn_one_v512(c, t, g, h0, h1, sc, 8); return 1;
-    case 256: attn_one_v512(c, t, g, h0, h1, sc, 16); return 1;
+    case 64: A5(4); return 1;
+    case 128: A5(8); return 1;
+    case 256: A5(16); return 1;
     default: return 0;
     }
+#undef A5
 }
 #endif
 
@@ -363,11 +395,11 @@ static int attn_block_impl(const float *x, int T, int D, const float *norm_w, fl
                          int qt_o, const void *Wo, int64_t rb_o,
                          const float *q_norm, const float *k_norm, const float *post_norm,
                          int H, int KVH, int hd, int neox, float rope_base, float pos_scale,
-                         float attn_scale, int window, const int32_t *pos, float *kcache, float *vcache,
+                         float attn_scale, int window, const int32_t *pos, void *kcache, void *vcache, int kv_f16,
                          const int64_t *write_slots, const int32_t *tok_seq, const int64_t *read_slots,
                          const int64_t *read_off, int max_ctx, float *out) {
     if (g_isa < 0) detect_isa();
-    if (H <= 0 || KVH <= 0 || H % KVH || hd <= 0 || hd % 2) return -1;
+    if (H <= 0 || KVH <= 0 || H % KVH || hd <= 0 || hd % 2 || hd > ER_MAX_HD) return -1;
     const int QD = H * hd, KD = KVH * hd;
     int rc = 0;
     float *nx = amalloc(sizeof(float) * (size_t)T * D);
@@ -399,15 +431,22 @@ static int attn_block_impl(const float *x, int T, int D, const float *norm_w, fl
     rope_apply(k, cs, sn, T, KVH, hd, neox);
     for (size_t i = 0; i < (size_t)T * QD; i++) q[i] *= attn_scale;
     for (int t = 0; t < T; t++) {
-        memcpy(kcache + (size_t)write_slots[t] * KD, k + (size_t)t * KD, sizeof(float) * KD);
-        memcpy(vcache + (size_t)write_slots[t] * KD, v + (size_t)t * KD, sizeof(float) * KD);
+        const size_t dst = (size_t)write_slots[t] * KD, src = (size_t)t * KD;
+        if (kv_f16) {
+            er_f32_to_f16(k + src, (uint16_t *)kcache + dst, KD);
+            er_f32_to_f16(v + src, (uint16_t *)vcache + dst, KD);
+        } else {
+            memcpy((float *)kcache + dst, k + src, sizeof(float) * KD);
+            memcpy((float *)vcache + dst, v + src, sizeof(float) * KD);
+        }
     }
     {
         const int64_t work = (int64_t)T * H * (max_ctx > 0 ? max_ctx : 1) * hd;
         const int nt = nthreads() > 1 && work >= (1 << 15) ? nthreads() : 1, G = H / KVH;
         int ns = T * KVH >= nt ? 1 : (nt + T * KVH - 1) / (T * KVH);
         if (ns > G) ns = G;
-        attn_ctx_t c = {q, kcache, vcache, read_slots, read_off, tok_seq, pos, H, KVH, hd, window, max_ctx, a, ns};
+        attn_ctx_t c = {q, kcache, vcache, read_slots, read_off, tok_seq, pos, H, KVH, hd, window, max_ctx, a, ns,
+                        kv_f16};
         pool_run(attn_task, &c, T * KVH * ns, nt, 1);
     }
     if ((rc = er_matmul(qt_o, Wo, rb_o, D, QD, a, T, o))) goto done;
@@ -436,8 +475,8 @@ typedef struct {
 
 ER_API int64_t er_layer_size(void) { return (int64_t)sizeof(er_layer_t); }
 
-static int layers_impl(const er_layer_t *L, int n_layers, float *const *kc, float *const *vc, float *x, int T, int D,
-                       float eps, const int32_t *pos, const int64_t *write_slots, const int32_t *tok_seq,
+static int layers_impl(const er_layer_t *L, int n_layers, void *const *kc, void *const *vc, int kv_f16, float *x,
+                       int T, int D, float eps, const int32_t *pos, const int64_t *write_slots, const int32_t *tok_seq,
                        const int64_t *read_slots, const int64_t *read_off, int max_ctx) {
     float *h = amalloc(sizeof(float) * (size_t)T * D);
     if (!h) return -2;
@@ -448,7 +487,7 @@ static int layers_impl(const er_layer_t *L, int n_layers, float *const *kc, floa
                              l->rb_k, l->bk, (int)l->qt_v, l->wv, l->rb_v, l->bv, (int)l->qt_o, l->wo, l->rb_o,
                              l->q_norm, l->k_norm, l->post_attn_norm, (int)l->n_heads, (int)l->n_kv_heads,
                              (int)l->head_dim, (int)l->neox, (float)l->rope_base, (float)l->pos_scale,
-                             (float)l->attn_scale, (int)l->window, pos, kc[i], vc[i], write_slots, tok_seq,
+                             (float)l->attn_scale, (int)l->window, pos, kc[i], vc[i], kv_f16, write_slots, tok_seq,
                              read_slots, read_off, max_ctx, h);
         if (!rc)
             rc = ffn_impl(h, l->ffn_norm, eps, (int)l->qt_g, l->wg, l->rb_g, (int)l->qt_u, l->wu, l->rb_u,
@@ -458,9 +497,10 @@ static int layers_impl(const er_layer_t *L, int n_layers, float *const *kc, floa
     return rc;
 }
 
-ER_API int er_layers(const er_layer_t *L, int n_layers, float *const *kc, float *const *vc, float *x, int T, int D,
-                     float eps, const int32_t *pos, const int64_t *write_slots, const int32_t *tok_seq,
+/* kc / vc: per layer, the K and V caches (float, or IEEE half when kv_f16) */
+ER_API int er_layers(const er_layer_t *L, int n_layers, void *const *kc, void *const *vc, int kv_f16, float *x, int T,
+                     int D, float eps, const int32_t *pos, const int64_t *write_slots, const int32_t *tok_seq,
                      const int64_t *read_slots, const int64_t *read_off, int max_ctx) {
-    API_TIMED(layers_impl(L, n_layers, kc, vc, x, T, D, eps, pos, write_slots, tok_seq, read_slots, read_off,
+    API_TIMED(layers_impl(L, n_layers, kc, vc, kv_f16, x, T, D, eps, pos, write_slots, tok_seq, read_slots, read_off,
                           max_ctx));
 }

@@ -70,6 +70,26 @@ AI float h2f(uint16_t h) {
     return o.f;
 }
 
+/* float -> IEEE half, round to nearest even (numpy's astype(float16)): overflow to inf, NaN kept
+ * quiet, subnormals by one float add that leaves the rounded units in the low mantissa bits */
+AI uint16_t f2h(float f) {
+    union { float f; uint32_t u; } v = {f};
+    const uint16_t sign = (uint16_t)((v.u >> 16) & 0x8000u);
+    uint32_t a = v.u & 0x7fffffffu;
+    if (a >= 0x47800000u) return sign | (a > 0x7f800000u ? 0x7e00u : 0x7c00u); /* >= 65536, inf, NaN */
+    if (a < 0x38800000u) { /* below 2^-14: a half subnormal or zero */
+        union { uint32_t u; float f; } m = {a};
+        m.f += 0.5f;
+        return sign | (uint16_t)(m.u - 0x3f000000u);
+    }
+    a += 0xc8000fffu + ((a >> 13) & 1u); /* rebias the exponent by -112 and round the dropped 13 bits */
+    return sign | (uint16_t)(a >> 13);
+}
+
+ER_API void er_f32_to_f16(const float *x, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = f2h(x[i]);
+}
+
 AI float bf2f(uint16_t h) {
     union { uint32_t u; float f; } o;
     o.u = (uint32_t)h << 16;

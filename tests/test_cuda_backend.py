@@ -234,14 +234,16 @@ def test_end_to_end_matches_cpu(synth_model: Path, setup: dict) -> None:
     _end_to_end(synth_model, setup)
 
 
+# The runners compared here keep float KV caches: the GPU's cache is float, and a CPU cache of
+# halves (the default) would differ from it by the halves' rounding.
 def _end_to_end(synth_model: Path, setup: dict) -> None:
     from edgerun.runtime.hybrid import HybridRunner, make_runner
     from edgerun.runtime.runner import Runner
 
-    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference")
+    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f32")
     want = _steps(cpu)
     hy = make_runner(synth_model, vram_bytes=8 << 30, n_ctx=256, num_blocks=32, block_size=16,
-                     backend="reference", **setup)
+                     backend="reference", kv_type="f32", **setup)
     assert isinstance(hy, HybridRunner) and hy.plan.uses_gpu
     got = _steps(hy)
     for g, w in zip(got, want, strict=True):
@@ -255,7 +257,7 @@ def test_tight_plan_mixes_layers(synth_model: Path) -> None:
     from edgerun.runtime.planner import plan_placement
     from edgerun.runtime.runner import Runner
 
-    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference")
+    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f32")
     a = cpu.args
     full = plan_placement(cpu.gguf, a.n_layers, a.n_kv_heads, a.head_dim, ctx=512, vram_bytes=8 << 30)
     layer0 = sum(t.bytes for t in full.tensors.values() if t.layer == 0 and t.group == "attn")
@@ -263,7 +265,8 @@ def test_tight_plan_mixes_layers(synth_model: Path) -> None:
     plan = plan_placement(cpu.gguf, a.n_layers, a.n_kv_heads, a.head_dim, ctx=512,
                           vram_bytes=int((usable + (256 << 20)) / 0.95) + 2)
     assert [plan.layers[i]["attn"] for i in range(3)] == ["gpu", "cpu", "cpu"]
-    hy = HybridRunner(synth_model, plan=plan, n_ctx=256, num_blocks=32, block_size=16, backend="reference")
+    hy = HybridRunner(synth_model, plan=plan, n_ctx=256, num_blocks=32, block_size=16, backend="reference",
+                      kv_type="f32")
     for g, w in zip(_steps(hy), _steps(cpu), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
 
@@ -473,10 +476,11 @@ def test_glue_graphs_replay_with_fake_cupy(fake_cupy, synth_model: Path) -> None
     from edgerun.runtime.hybrid import make_runner
     from edgerun.runtime.runner import Runner
 
-    want = _steps(Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference"), 6)
+    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f32")
+    want = _steps(cpu, 6)
     for placement in ("gpu", "hybrid"):
         hy = make_runner(synth_model, placement=placement, vram_bytes=8 << 30, n_ctx=256, num_blocks=32,
-                         block_size=16, backend="reference", overlap=False)
+                         block_size=16, backend="reference", kv_type="f32", overlap=False)
         got = _steps(hy, n_decode=6)  # decode steps 1-2 run eagerly, then capture, then replay
         assert hy.model.graphs and hy.model._graphs, "decode steps should have been captured"
         for g, w in zip(got, want, strict=True):

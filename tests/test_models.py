@@ -20,10 +20,10 @@ def load(path, backend=None) -> Transformer:
     return model_class(gf.architecture)(gf, backend or ReferenceBackend(), VOCAB)
 
 
-def run(model: Transformer, seqs, kv=None, block_size=4, tables=None, want_all=True):
+def run(model: Transformer, seqs, kv=None, block_size=4, tables=None, want_all=True, kv_type="f16"):
     """seqs: list of (tokens, start_pos); contiguous block tables unless given."""
     a = model.args
-    kv = kv or KVCache(a.n_layers, 64, block_size, a.n_kv_heads, a.head_dim)
+    kv = kv or KVCache(a.n_layers, 64, block_size, a.n_kv_heads, a.head_dim, kv_type)
     toks, pos, starts, lens, ctxs, slots = [], [], [], [], [], []
     off = 0
     for j, (t, s0) in enumerate(seqs):
@@ -104,7 +104,11 @@ def test_fast_backends_match_reference(tmp_path, qtype):
         (got,), _ = run(load(path, be), [(toks, 0)])
         err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
         assert err < 0.03, f"{name} {T(qtype).name}: relative error {err:.4f}"
-        assert (np.argmax(got, -1) == np.argmax(ref, -1)).mean() >= 0.8
+        # the same top token, or a near tie in the reference (gap < 0.1; logits have std ~1.3 here)
+        top_ref, top_got = np.argmax(ref, -1), np.argmax(got, -1)
+        rows = np.arange(len(ref))
+        gap = ref[rows, top_ref] - ref[rows, top_got]
+        assert ((top_ref == top_got) | (gap < 0.1)).mean() >= 0.8, f"{name} {T(qtype).name}: gaps {gap}"
 
 
 def test_missing_tensor_is_a_clear_error(tmp_path):
@@ -172,15 +176,18 @@ def native_isa(request):
     nv.set_isa(None)
 
 
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
 @pytest.mark.parametrize(("n_heads", "n_kv", "hd"), [(4, 2, 64), (4, 2, 128), (2, 1, 256), (6, 2, 48)])
-def test_native_attention_long_context_batched(tmp_path, n_heads, n_kv, hd, native_isa):
+def test_native_attention_long_context_batched(tmp_path, n_heads, n_kv, hd, native_isa, kv_type):
     """The native attention past its 16- and 32-position blocks, for the head sizes it has SIMD code
     for (AVX-512: 64, 128, 256; AVX2: 64, 128; others take the generic path), with two sequences of
     different lengths in one batch, prefill then batched decode; one KV head (256) splits the query
     heads over the threads.
 
     Held against the same native matmuls with the numpy attention (only the attention differs) and,
-    more loosely, against the float reference (8-bit activations differ too)."""
+    more loosely, against the float reference (8-bit activations differ too). With a half-precision
+    cache the two paths round slightly different K and V values to halves, so they differ more
+    (up to 1.2% on these random models, against 0.6% with floats)."""
     from edgerun.backends.registry import make_backend
 
     try:
@@ -195,7 +202,7 @@ def test_native_attention_long_context_batched(tmp_path, n_heads, n_kv, hd, nati
     a, b = list(rng.integers(0, VOCAB, 37)), list(rng.integers(0, VOCAB, 21))
     outs = []
     for m in (load(path), load(path, unfused), load(path, fused)):
-        (pa, pb), kv = run(m, [(a[:35], 0), (b[:19], 0)])
+        (pa, pb), kv = run(m, [(a[:35], 0), (b[:19], 0)], kv_type=kv_type)
         (da, db), kv = run(m, [([a[35]], 35), ([b[19]], 19)], kv=kv)
         (ea, eb), _ = run(m, [([a[36]], 36), ([b[20]], 20)], kv=kv)
         outs.append(np.concatenate([pa, pb, da, db, ea, eb]))
@@ -204,6 +211,31 @@ def test_native_attention_long_context_batched(tmp_path, n_heads, n_kv, hd, nati
     def rel(x: np.ndarray, y: np.ndarray) -> float:
         return float(np.linalg.norm(x - y) / np.linalg.norm(y))
 
-    assert rel(got, plain) < 0.01, f"hd {hd}: fused vs numpy attention {rel(got, plain):.4f}"
+    tol = 0.01 if kv_type == "f32" else 0.025
+    assert rel(got, plain) < tol, f"hd {hd}: fused vs numpy attention {rel(got, plain):.4f}"
     assert (np.argmax(got, -1) == np.argmax(plain, -1)).mean() >= 0.95
     assert rel(got, ref) < 0.05, f"hd {hd}: fused vs float reference {rel(got, ref):.4f}"
+
+
+def test_kv_cache_types(tmp_path):
+    """f16 (default) halves the cache against f32; the reference backend over either gives nearly the
+    same logits; an unknown type is a clear error."""
+    from edgerun.runtime.runner import Runner, SeqInput
+    from tests.synth import bench_gpu_module
+
+    bench = bench_gpu_module()  # its synthetic files carry a tokenizer, which a Runner needs
+    shape = bench.Shape("kv", "qwen2", 2, 128, 256, 4, 2, 600, qkv_bias=True, tied=True, ctx=256)
+    path = bench.write_synthetic_gguf(tmp_path / "m.gguf", shape, qtype=8, seed=1, gain=8.0, exact=True)
+    toks = np.random.default_rng(8).integers(3, 600, 12).astype(np.int32)
+    out, sizes = {}, {}
+    for kv_type in ("f32", "f16"):
+        r = Runner(path, n_ctx=64, n_threads=1, backend="reference", kv_type=kv_type)
+        assert r.kv.k[0].dtype == (np.float16 if kv_type == "f16" else np.float32)
+        sizes[kv_type] = r.kv.nbytes
+        (out[kv_type],) = r.forward([SeqInput(toks, 0, np.arange(r.num_blocks, dtype=np.int32), True)])
+    assert sizes["f16"] * 2 == sizes["f32"]
+    assert Runner(path, n_ctx=64, n_threads=1, backend="reference").kv.k[0].dtype == np.float16
+    err = np.linalg.norm(out["f16"] - out["f32"]) / np.linalg.norm(out["f32"])
+    assert 0 < err < 2e-3, err
+    with pytest.raises(ValueError, match="unknown KV cache type 'q8'"):
+        Runner(path, n_ctx=64, n_threads=1, backend="reference", kv_type="q8")

@@ -333,3 +333,23 @@ def test_tile_kernels_match_row_kernels(qt: int) -> None:
             nv.set_tile(old)
         tiled = nv.matmul(qt, w, x)
         np.testing.assert_allclose(tiled, rows, rtol=0, atol=1e-5 * np.abs(rows).max())
+
+
+def test_f32_to_f16_rounds_like_numpy() -> None:
+    """The KV cache's float -> half conversion equals numpy's astype(float16) bit for bit: every
+    magnitude from subnormal to overflow, exact halfway cases (to even), signed zeros, inf and NaN."""
+    if not nv.available():
+        pytest.skip("native library not built")
+    rng = np.random.default_rng(11)
+    scales = (1e-9, 1e-6, 1e-4, 0.01, 1, 100, 1e4, 7e4)
+    parts = [rng.standard_normal(20000).astype(np.float32) * s for s in scales]
+    halves = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    mid = ((halves[:-1] + halves[1:]) / 2).astype(np.float32)  # exactly representable halfway points
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65504, 65519.99, 65520, 65536, 2.98e-8, -1e-30],
+                       np.float32)
+    x = np.concatenate([*parts, mid, -mid, halves.astype(np.float32), special])
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    got = nv.f32_to_f16(x)
+    same = (got.view(np.uint16) == want.view(np.uint16)) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), f"{(~same).sum()} differ, first at {x[~same][:5]}"

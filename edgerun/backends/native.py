@@ -90,7 +90,8 @@ def _load() -> None:
         "er_add": ([vp, vp, vp, i64], None),
         "er_ffn": ([vp, vp, f32, i32, vp, i64, i32, vp, i64, i32, vp, i64, i32, i32, i32, i32, vp], i32),
         "er_layer_size": ([], i64),
-        "er_layers": ([vp, i32, vp, vp, vp, i32, i32, f32, vp, vp, vp, vp, vp, i32], i32),
+        "er_layers": ([vp, i32, vp, vp, i32, vp, i32, i32, f32, vp, vp, vp, vp, vp, i32], i32),
+        "er_f32_to_f16": ([vp, vp, i64], None),
     }
     try:
         for name, (args, res) in sig.items():
@@ -459,14 +460,16 @@ def _layer_table(model: Any) -> tuple[ctypes.Array, list]:
 
 
 def _kv_pointers(kv: Any, cache: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer K and V cache addresses as uint64 arrays, checked and kept per cache object."""
+    """Per-layer K and V cache addresses as uint64 arrays, checked and kept per cache object (all
+    layers of one dtype: float32, or float16)."""
     key = tuple(map(id, kv.k)) + tuple(map(id, kv.v))
     hit = cache.get(kv) if cache is not None else None
     if hit is not None and hit[0] == key:
         return hit[1], hit[2]
+    dt = kv.k[0].dtype
     for arr in kv.k + kv.v:
-        if not (arr.flags.c_contiguous and arr.dtype == np.float32):
-            raise ValueError("KV cache must be C-contiguous float32")
+        if not (arr.flags.c_contiguous and arr.dtype == dt and dt in (np.float32, np.float16)):
+            raise ValueError("KV cache must be C-contiguous float32 or float16, one dtype for all layers")
     kc = np.array([arr.ctypes.data for arr in kv.k], np.uint64)
     vc = np.array([arr.ctypes.data for arr in kv.v], np.uint64)
     if cache is not None:
@@ -496,11 +499,20 @@ def run_layers(model: Any, x: np.ndarray, batch: Any, kv: Any, cache: dict | Non
     f = batch.flat()
     out = np.array(x, dtype=np.float32, order="C", copy=True)
     t, d = out.shape
-    rc = _lib.er_layers(ctypes.addressof(table), len(layers), _ptr(kc), _ptr(vc), _ptr(out), t, d,
+    f16 = int(kv.k[0].dtype == np.float16)
+    rc = _lib.er_layers(ctypes.addressof(table), len(layers), _ptr(kc), _ptr(vc), f16, _ptr(out), t, d,
                         float(model.args.norm_eps), _ptr(f["pos"]), _ptr(f["write_slots"]),
                         _ptr(f["tok_seq"]), _ptr(f["read_slots"]), _ptr(f["read_off"]), int(f["max_ctx"]))
     if rc:
         raise RuntimeError(f"er_layers failed ({rc})")
+    return out
+
+
+def f32_to_f16(x: np.ndarray) -> np.ndarray:
+    """The native float -> half conversion the KV cache writes use (for tests: it must equal numpy's)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, np.float16)
+    _lib.er_f32_to_f16(_ptr(x), _ptr(out), x.size)
     return out
 
 

@@ -170,15 +170,25 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, sc
 # ----------------------------------------------------------------------------- KV cache
 
 
+KV_TYPES = {"f16": np.float16, "f32": np.float32}
+
+
 class KVCache:
-    """Paged KV storage: per layer, `num_blocks * block_size` slots of (KVH, hd) float32."""
+    """Paged KV storage: per layer, `num_blocks * block_size` slots of (KVH, hd) values.
+
+    `kv_type` "f16" (the default, as llama.cpp's) stores IEEE halves, rounded to nearest even on
+    write, and halves the cache's memory and attention reads against "f32".
+    """
 
     def __init__(self, n_layers: int, num_blocks: int, block_size: int, n_kv_heads: int,
-                 head_dim: int) -> None:
-        self.num_blocks, self.block_size = num_blocks, block_size
+                 head_dim: int, kv_type: str = "f16") -> None:
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
+        self.num_blocks, self.block_size, self.kv_type = num_blocks, block_size, kv_type
         n = num_blocks * block_size
-        self.k = [np.zeros((n, n_kv_heads, head_dim), np.float32) for _ in range(n_layers)]
-        self.v = [np.zeros((n, n_kv_heads, head_dim), np.float32) for _ in range(n_layers)]
+        dt = KV_TYPES[kv_type]
+        self.k = [np.zeros((n, n_kv_heads, head_dim), dt) for _ in range(n_layers)]
+        self.v = [np.zeros((n, n_kv_heads, head_dim), dt) for _ in range(n_layers)]
 
     def slots(self, block_table: np.ndarray, start: int, stop: int) -> np.ndarray:
         pos = np.arange(start, stop)
@@ -350,7 +360,8 @@ class Transformer:
             new = slots[ctx - n: ctx]
             kv.k[i][new] = k[s0: s0 + n]
             kv.v[i][new] = v[s0: s0 + n]
-            out[s0: s0 + n] = attention(q[s0: s0 + n], kv.k[i][slots], kv.v[i][slots],
+            out[s0: s0 + n] = attention(q[s0: s0 + n], kv.k[i][slots].astype(np.float32, copy=False),
+                                        kv.v[i][slots].astype(np.float32, copy=False),
                                         b.positions[s0: s0 + n], a.attn_scale, a.windows[i])
         o = be.matmul(ly.wo, out)
         if ly.post_attn_norm is not None:

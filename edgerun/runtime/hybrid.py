@@ -439,6 +439,7 @@ __all__ = ["GPUExec", "HybridModel", "HybridRunner", "StepData", "make_runner"]
 def runner_from_args(path: str | os.PathLike, args: Any, **kw: Any) -> Runner:
     """`make_runner` with the placement flags of `add_placement_args`."""
     budget = getattr(args, "vram_budget", None)
+    kw.setdefault("kv_type", getattr(args, "kv_type", "f16"))
     return make_runner(path, placement=getattr(args, "placement", "auto"),
                        vram_budget=int(budget * 2**30) if budget else None,
                        overrides=tuple(getattr(args, "override", None) or ()), **kw)

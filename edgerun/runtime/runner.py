@@ -40,7 +40,8 @@ class Runner:
     pin_weights_at_init = True
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
-                 num_blocks: int | None = None, block_size: int = 16, backend: str = "auto") -> None:
+                 num_blocks: int | None = None, block_size: int = 16, backend: str = "auto",
+                 kv_type: str = "f16") -> None:
         self.path = Path(model_path)
         self.gguf = GGUFFile(self.path)
         self.tokenizer = Tokenizer(self.path, self.gguf)
@@ -56,7 +57,7 @@ class Runner:
         self.block_size = block_size
         self.num_blocks = num_blocks or 2 * (-(-self.n_ctx // block_size))
         self.kv = KVCache(self.args.n_layers, self.num_blocks, block_size, self.args.n_kv_heads,
-                          self.args.head_dim)
+                          self.args.head_dim, kv_type)
         self.model_name = self.path.stem
 
     def forward(self, seqs: list[SeqInput]) -> list[np.ndarray]:
