@@ -125,6 +125,7 @@ static int g_bitalg = 0; /* AVX512_BITALG, for the tile16 kernels */
 static void q5_sel_init(void); /* tile16.h */
 #endif
 static int g_tile = 1;   /* tile16 kernels on (er_set_tile) */
+static int g_fw0 = 4;    /* B = 1 Q4_0/Q5_0/Q8_0: rows per pass, 0 = one row per kernel call (er_set_fw0) */
 
 static void detect_isa(void) {
     int isa = ISA_SCALAR;
@@ -1422,6 +1423,77 @@ T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A
     fw_store(facc, NW, out);
 }
 
+/* ---- B = 1 legacy types, NW weight rows per pass: each pair of 32-blocks loads its activation
+ * quants, offsets and scales once for all NW rows (the row-at-a-time kernels load them per row) ---- */
+
+/* 64 activation values from block pair i (the low 32 only when `one`): quants, offsets, lane scales */
+#define W0_ACTS(i_, one)                                                                               \
+    const __m512i xq = (one) ? _mm512_maskz_loadu_epi8(0xFFFFFFFFull, A->q + 32 * (i_))               \
+                             : _mm512_loadu_si512(A->q + 32 * (i_));                                    \
+    const __m512i xo = (one) ? _mm512_maskz_loadu_epi32(0xFF, A->n + 8 * (i_))                        \
+                             : _mm512_loadu_si512(A->n + 8 * (i_));                                     \
+    const __m512 xs = (one) ? _mm512_maskz_loadu_ps(0xFF, A->l + 8 * (i_)) : _mm512_loadu_ps(A->l + 8 * (i_));
+
+#define W0_DOT(ACC, u, s) \
+    ACC = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(xo, (u), xq)), _mm512_mul_ps((s), xs), ACC)
+
+T_V512 AI void fw_q45_0(int five, const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, float *out) {
+    const int bs = five ? 22 : 18, nb = K / 32;
+    const __m512i iq = _mm512_loadu_si512(five ? IDX_Q5_0_Q : IDX_Q4_0_Q);
+    const __m512i is = _mm512_loadu_si512(five ? IDX_Q5_0_S : IDX_Q4_0_S);
+    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
+                                         0x0004000400040004LL, 0x0004000400040004LL);
+    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16), x80 = _mm512_set1_epi8((char)0x80);
+    const uint64_t m2 = bytemask(2 * bs), m1 = bytemask(bs);
+    __m512 acc[4];
+    for (int v = 0; v < NW; v++) acc[v] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i += 2) {
+        const int one = i + 1 == nb;
+        const uint64_t mask = one ? m1 : m2;
+        W0_ACTS(i, one)
+        for (int v = 0; v < NW; v++) {
+            const uint8_t *p0 = W + v * rb + (size_t)i * bs;
+            _mm_prefetch(fw_pfp(W, rb, NW, i / 2, v, 2 * (size_t)bs), _MM_HINT_T0);
+            const __m512i wv = _mm512_maskz_loadu_epi8(mask, p0);
+            __m512i u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(_mm512_permutexvar_epi16(iq, wv), sh), m0f, x80,
+                                                  0xEA);
+            if (five) {
+                uint32_t h0, h1 = 0;
+                memcpy(&h0, p0 + 2, 4);
+                if (!one) memcpy(&h1, p0 + bs + 2, 4);
+                u = _mm512_mask_add_epi8(u, (__mmask64)h0 | ((__mmask64)h1 << 32), u, h16);
+            }
+            W0_DOT(acc[v], u, halfscales(is, wv));
+        }
+    }
+    fw_store(acc, NW, out);
+}
+
+T_V512 AI void fw_q8_0_nw(const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, float *out) {
+    const int nb = K / 32;
+    const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    const __m512i is = _mm512_loadu_si512(IDX_Q8_0_S);
+    __m512 acc[4];
+    for (int v = 0; v < NW; v++) acc[v] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i += 2) {
+        const int one = i + 1 == nb;
+        W0_ACTS(i, one)
+        for (int v = 0; v < NW; v++) {
+            const uint8_t *p0 = W + v * rb + (size_t)i * 34;
+            const char *pp = fw_pfp(W, rb, NW, i / 2, v, 68);
+            _mm_prefetch(pp, _MM_HINT_T0);
+            _mm_prefetch(pp + 64, _MM_HINT_T0);
+            __m512i q8 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p0 + 2)));
+            if (!one) q8 = _mm512_inserti64x4(q8, _mm256_loadu_si256((const __m256i *)(p0 + 36)), 1);
+            const __m512 s = halfscales(is, _mm512_maskz_loadu_epi8(one ? bytemask(34) : bytemask(64), p0));
+            W0_DOT(acc[v], _mm512_xor_si512(q8, x80), s);
+        }
+    }
+    fw_store(acc, NW, out);
+}
+#undef W0_ACTS
+#undef W0_DOT
+
 typedef void (*fused_w_fn)(const uint8_t *, int64_t, int, int, const act_t *, float *);
 
 #define FW_WRAP(name, call)                                                                        \
@@ -1437,6 +1509,9 @@ typedef void (*fused_w_fn)(const uint8_t *, int64_t, int, int, const act_t *, fl
 FW_WRAP(fw_q4_k, fw_q45(0, W, rb, NW_, K, A, out))
 FW_WRAP(fw_q5_k, fw_q45(1, W, rb, NW_, K, A, out))
 FW_WRAP(fw_q6_k, fw_q6(W, rb, NW_, K, A, out))
+FW_WRAP(fw_q4_0, fw_q45_0(0, W, rb, NW_, K, A, out))
+FW_WRAP(fw_q5_0, fw_q45_0(1, W, rb, NW_, K, A, out))
+FW_WRAP(fw_q8_0, fw_q8_0_nw(W, rb, NW_, K, A, out))
 
 /* ---- fused AVX2 K-quant kernels (Q8_K-style activations; maddubs + madd with the sub-block scales) ---- */
 
@@ -1871,6 +1946,7 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
 #include "tile16.h"
 
 ER_API int er_set_tile(int on) { int old = g_tile; g_tile = on != 0; return old; }
+ER_API int er_set_fw0(int nw) { int old = g_fw0; g_fw0 = nw < 0 ? 0 : nw > 4 ? 4 : nw; return old; }
 
 static int use_fused(int qt, int B) { return B <= ER_FUSED_MAX_B && g_fused && pick_fused(qt) != NULL; }
 static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B); }
@@ -1879,11 +1955,16 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
                        float *y, int n0, int n1) {
 #ifdef ER_X86
     if (B == 1) {
-        const fused_w_fn fw = fz == fz_q4_k ? fw_q4_k : fz == fz_q5_k ? fw_q5_k : fz == fz_q6_k ? fw_q6_k : NULL;
+        /* legacy types: several rows per pass for short rows only; a long row alone runs faster
+         * on the row kernel, which keeps two accumulator sets (Q4_0 896x4864: 97 vs 110 us) */
+        const int legacy = g_fw0 && K < 4096;
+        const fused_w_fn fw = fz == fz_q4_k ? fw_q4_k : fz == fz_q5_k ? fw_q5_k : fz == fz_q6_k ? fw_q6_k
+                              : !legacy ? NULL : fz == fz_q4_0 ? fw_q4_0 : fz == fz_q5_0 ? fw_q5_0
+                              : fz == fz_q8_0 ? fw_q8_0 : NULL;
         if (fw) {
             /* rows per pass: 2 for short rows; 1 for long ones, whose row-interleaved reads cost
              * more bandwidth than the shared activation loads save (1.5B ffn_down: 24.7 vs 17.6 GB/s) */
-            const int nwx = K >= 4096 ? 1 : 2;
+            const int nwx = K >= 4096 ? 1 : legacy && g_fw0 > 1 ? g_fw0 : 2;
             for (int n = n0; n < n1; n += nwx) fw(W + (size_t)n * row_bytes, row_bytes, n1 - n < nwx ? n1 - n : nwx, K, A, y + n);
             return;
         }

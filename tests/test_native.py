@@ -353,3 +353,35 @@ def test_f32_to_f16_rounds_like_numpy() -> None:
     got = nv.f32_to_f16(x)
     same = (got.view(np.uint16) == want.view(np.uint16)) | (np.isnan(got) & np.isnan(want))
     assert same.all(), f"{(~same).sum()} differ, first at {x[~same][:5]}"
+
+
+@pytest.mark.parametrize("qt", [2, 6, 8])  # Q4_0, Q5_0, Q8_0
+def test_multi_row_pass_kernels_match_row_kernels(qt: int) -> None:
+    """B = 1: the kernels that take 2-4 weight rows per pass (sharing the activation loads) give the
+    row-at-a-time kernels' products, for odd block counts (the one-block tail), row counts that
+    leave 1-3 rows over, and either thread count; rows of 4096+ values keep the row kernels."""
+    if not nv.available():
+        pytest.skip("native library not built")
+    rng = np.random.default_rng(400 + qt)
+    old_threads = nv.get_threads()
+    try:
+        for k, n in ((32, 5), (96, 3), (896, 50), (4064, 7), (4096, 6)):
+            w = make_weight(qt, n, k, rng)
+            x = rng.standard_normal((1, k)).astype(np.float32)
+            for threads in (1, 2):
+                nv.set_threads(threads)
+                want = None
+                for nw in (0, 2, 3, 4):
+                    old = nv.set_fw0(nw)
+                    try:
+                        got = nv.matmul(qt, w, x)
+                    finally:
+                        nv.set_fw0(old)
+                    if want is None:
+                        want = got
+                        ref = x @ ref_weight(qt, w, k).T
+                        np.testing.assert_allclose(want, ref, rtol=0, atol=0.02 * np.abs(ref).max())
+                    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max(),
+                                               err_msg=f"K={k} N={n} threads={threads} rows/pass={nw}")
+    finally:
+        nv.set_threads(old_threads)

@@ -77,6 +77,7 @@ def _load() -> None:
         "er_set_fused": ([i32], i32),
         "er_set_pool": ([i32], i32),
         "er_set_tile": ([i32], i32),
+        "er_set_fw0": ([i32], i32),
         "er_get_threads": ([], i32),
         "er_noop": ([i32], i32),
         "er_api_seconds": ([], ctypes.c_double),
@@ -147,6 +148,12 @@ def set_fused(on: bool) -> bool:
 def set_tile(on: bool) -> bool:
     """Use the 16-row tile kernels for small batches of Q4_0/Q5_0/Q8_0 (default on); returns the old value."""
     return bool(_lib.er_set_tile(int(on))) if _lib is not None else False
+
+
+def set_fw0(rows: int) -> int:
+    """Weight rows per pass of the B = 1 Q4_0/Q5_0/Q8_0 products for rows under 4096 values (default 4;
+    0 runs the row-at-a-time kernels); returns the old value."""
+    return int(_lib.er_set_fw0(int(rows))) if _lib is not None else 0
 
 
 def set_pool(on: bool) -> bool:
