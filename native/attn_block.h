@@ -504,3 +504,42 @@ ER_API int er_layers(const er_layer_t *L, int n_layers, void *const *kc, void *c
     API_TIMED(layers_impl(L, n_layers, kc, vc, kv_f16, x, T, D, eps, pos, write_slots, tok_seq, read_slots, read_off,
                           max_ctx));
 }
+
+/* A whole CPU-only step in one call: the embedding rows of the T tokens (times embed_scale), the
+ * layer stack, then the final norm and the output head for the n_sel rows sel of the batch:
+ * logits (n_sel, n_vocab). */
+static int step_impl(const er_layer_t *L, int n_layers, void *const *kc, void *const *vc, int kv_f16, int T, int D,
+                     float eps, const int32_t *pos, const int64_t *write_slots, const int32_t *tok_seq,
+                     const int64_t *read_slots, const int64_t *read_off, int max_ctx, int qt_emb, const void *emb,
+                     int64_t rb_emb, const int64_t *tokens, float embed_scale, const float *out_norm, int qt_out,
+                     const void *w_out, int64_t rb_out, int n_vocab, const int64_t *sel, int n_sel, float *logits) {
+    float *x = amalloc(sizeof(float) * (size_t)T * D);
+    float *h = amalloc(sizeof(float) * (size_t)(n_sel > 0 ? n_sel : 1) * D);
+    float *hn = amalloc(sizeof(float) * (size_t)(n_sel > 0 ? n_sel : 1) * D);
+    int rc = 0;
+    if (!x || !h || !hn) { rc = -2; goto done; }
+    for (int i = 0; i < n_sel; i++)
+        if (sel[i] < 0 || sel[i] >= T) { rc = -1; goto done; }
+    if ((rc = get_rows_impl(qt_emb, emb, rb_emb, D, tokens, T, x))) goto done;
+    if (embed_scale != 1.0f)
+        for (size_t i = 0; i < (size_t)T * D; i++) x[i] *= embed_scale;
+    if ((rc = layers_impl(L, n_layers, kc, vc, kv_f16, x, T, D, eps, pos, write_slots, tok_seq, read_slots, read_off,
+                          max_ctx)))
+        goto done;
+    for (int i = 0; i < n_sel; i++) memcpy(h + (size_t)i * D, x + (size_t)sel[i] * D, sizeof(float) * D);
+    er_rms_norm(h, out_norm, hn, n_sel, D, eps);
+    rc = matmul_impl(qt_out, w_out, rb_out, n_vocab, D, hn, n_sel, logits);
+done:
+    free(x); free(h); free(hn);
+    return rc;
+}
+
+ER_API int er_step(const er_layer_t *L, int n_layers, void *const *kc, void *const *vc, int kv_f16, int T, int D,
+                   float eps, const int32_t *pos, const int64_t *write_slots, const int32_t *tok_seq,
+                   const int64_t *read_slots, const int64_t *read_off, int max_ctx, int qt_emb, const void *emb,
+                   int64_t rb_emb, const int64_t *tokens, float embed_scale, const float *out_norm, int qt_out,
+                   const void *w_out, int64_t rb_out, int n_vocab, const int64_t *sel, int n_sel, float *logits) {
+    API_TIMED(step_impl(L, n_layers, kc, vc, kv_f16, T, D, eps, pos, write_slots, tok_seq, read_slots, read_off,
+                        max_ctx, qt_emb, emb, rb_emb, tokens, embed_scale, out_norm, qt_out, w_out, rb_out, n_vocab,
+                        sel, n_sel, logits));
+}

@@ -39,7 +39,7 @@ def main() -> None:
             return out
         return w
 
-    for name in ("matmul", "get_rows", "ffn", "run_layers"):
+    for name in ("matmul", "get_rows", "ffn", "run_layers", "run_step"):
         if getattr(be, name, None) is not None:
             setattr(be, name, timed(getattr(be, name)))
     ids = r.tokenizer.encode("def quicksort(arr):")

@@ -162,6 +162,32 @@ def test_native_fused_blocks_match_reference(tmp_path, arch, one_call):
     assert err < 0.03, f"{arch}: relative error {err:.4f}"
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_native_one_call_step_equals_layer_call(tmp_path, arch):
+    """The whole step in one native call (embedding, layers, final norm, head) gives the logits of
+    the layer-stack call with the embedding, norm and head done from Python: gemma's embedding
+    scale and tied head included, two sequences with all and with last-token logits."""
+    from edgerun.backends.registry import make_backend
+
+    try:
+        one = make_backend("native", 2)
+    except RuntimeError:
+        pytest.skip("native library not built")
+    split = make_backend("native", 2)
+    split.run_step = None
+    path = write_model(tmp_path / "m.gguf", arch=arch, dim=256, ffn=512, n_heads=4, n_kv=2, qtype=T.Q8_0,
+                       tied=arch == "gemma3")
+    rng = np.random.default_rng(9)
+    a, b = list(rng.integers(0, VOCAB, 7)), list(rng.integers(0, VOCAB, 4))
+    outs = []
+    for be in (one, split):
+        m = load(path, be)
+        (pa, pb), kv = run(m, [(a, 0), (b, 0)])
+        (da, db), _ = run(m, [([a[0]], 7), ([b[0]], 4)], kv=kv, want_all=False)
+        outs.append(np.concatenate([pa, pb, np.atleast_2d(da), np.atleast_2d(db)]))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-5 * np.abs(outs[1]).max())
+
+
 @pytest.fixture(params=["best", "avx2"])
 def native_isa(request):
     """The native kernels at the best instruction set, then forced down to AVX2."""

@@ -93,6 +93,8 @@ def _load() -> None:
         "er_layer_size": ([], i64),
         "er_layers": ([vp, i32, vp, vp, i32, vp, i32, i32, f32, vp, vp, vp, vp, vp, i32], i32),
         "er_f32_to_f16": ([vp, vp, i64], None),
+        "er_step": ([vp, i32, vp, vp, i32, i32, i32, f32, vp, vp, vp, vp, vp, i32, i32, vp, i64, vp, f32, vp,
+                     i32, vp, i64, i32, vp, i32, vp], i32),
     }
     try:
         for name, (args, res) in sig.items():
@@ -484,8 +486,8 @@ def _kv_pointers(kv: Any, cache: dict | None) -> tuple[np.ndarray, np.ndarray]:
     return kc, vc
 
 
-def run_layers(model: Any, x: np.ndarray, batch: Any, kv: Any, cache: dict | None = None) -> np.ndarray:
-    """Every layer of a CPU-only step in one native call: x (T, D) -> x after the last layer.
+def _stack_args(model: Any, batch: Any, kv: Any, cache: dict | None) -> tuple:
+    """The layer-stack arguments shared by er_layers and er_step, from the cached layer table.
 
     ``cache`` (a dict owned by the caller, e.g. a weak-keyed one per model) keeps the layer table
     between steps; it is rebuilt when the model's weight arrays were replaced (the old ones stay
@@ -501,18 +503,45 @@ def run_layers(model: Any, x: np.ndarray, batch: Any, kv: Any, cache: dict | Non
         hit = (key, *_layer_table(model))
         if cache is not None:
             cache[model] = hit
-    table = hit[1]
     kc, vc = _kv_pointers(kv, cache)
-    f = batch.flat()
+    f16 = int(kv.k[0].dtype == np.float16)
+    return (ctypes.addressof(hit[1]), len(layers), _ptr(kc), _ptr(vc), f16), batch.flat()
+
+
+def run_layers(model: Any, x: np.ndarray, batch: Any, kv: Any, cache: dict | None = None) -> np.ndarray:
+    """Every layer of a CPU-only step in one native call: x (T, D) -> x after the last layer."""
+    head, f = _stack_args(model, batch, kv, cache)
     out = np.array(x, dtype=np.float32, order="C", copy=True)
     t, d = out.shape
-    f16 = int(kv.k[0].dtype == np.float16)
-    rc = _lib.er_layers(ctypes.addressof(table), len(layers), _ptr(kc), _ptr(vc), f16, _ptr(out), t, d,
-                        float(model.args.norm_eps), _ptr(f["pos"]), _ptr(f["write_slots"]),
+    eps = float(model.args.norm_eps)
+    rc = _lib.er_layers(*head, _ptr(out), t, d, eps, _ptr(f["pos"]), _ptr(f["write_slots"]),
                         _ptr(f["tok_seq"]), _ptr(f["read_slots"]), _ptr(f["read_off"]), int(f["max_ctx"]))
     if rc:
         raise RuntimeError(f"er_layers failed ({rc})")
     return out
+
+
+def run_step(model: Any, batch: Any, kv: Any, sel: np.ndarray, cache: dict | None = None) -> np.ndarray:
+    """A whole CPU-only step in one native call: embedding rows of ``batch.tokens``, every layer, the
+    final norm and the output head for batch rows ``sel`` -> logits (len(sel), vocab).
+
+    Token ids must be in range (the runner checks them)."""
+    head, f = _stack_args(model, batch, kv, cache)
+    a = model.args
+    emb, out_w = model.tok_embd, model.output
+    ep, es, _ = _weight(int(emb.qtype), emb.data, emb.k)
+    op, os_, n_vocab = _weight(int(out_w.qtype), out_w.data, out_w.k)
+    tokens = np.ascontiguousarray(batch.tokens, dtype=np.int64)
+    sel = np.ascontiguousarray(sel, dtype=np.int64)
+    norm = _f32c(model.out_norm)
+    logits = np.empty((len(sel), n_vocab), np.float32)
+    rc = _lib.er_step(*head, len(tokens), a.dim, float(a.norm_eps), _ptr(f["pos"]), _ptr(f["write_slots"]),
+                      _ptr(f["tok_seq"]), _ptr(f["read_slots"]), _ptr(f["read_off"]), int(f["max_ctx"]),
+                      int(emb.qtype), ep, es, _ptr(tokens), float(a.embed_scale), _ptr(norm),
+                      int(out_w.qtype), op, os_, n_vocab, _ptr(sel), len(sel), _ptr(logits))
+    if rc:
+        raise RuntimeError(f"er_step failed ({rc})")
+    return logits
 
 
 def f32_to_f16(x: np.ndarray) -> np.ndarray:
@@ -574,6 +603,10 @@ class NativeBackend:
     def run_layers(self, model: Any, x: np.ndarray, batch: Any, kv: Any) -> np.ndarray:
         """All layers of one step in one call; see :func:`run_layers`."""
         return run_layers(model, x, batch, kv, self._tables)
+
+    def run_step(self, model: Any, batch: Any, kv: Any, sel: np.ndarray) -> np.ndarray:
+        """A whole step (embedding, layers, final norm, head) in one call; see :func:`run_step`."""
+        return run_step(model, batch, kv, sel, self._tables)
 
     def set_threads(self, n: int) -> None:
         """Thread count for the kernels."""
