@@ -66,6 +66,7 @@ def run_bench(model: str, threads: int, prompt_tokens: int, gen_tokens: int, vs:
     path = resolve_model(model)
     n_ctx = prompt_tokens + gen_tokens + 8
     runner = Runner(path, n_ctx=n_ctx, n_threads=threads, backend=backend)
+    runner.wait_pinned()  # time the weights where they will stay
     prompt = _prompt_ids(runner.tokenizer, prompt_tokens)
     llm = None
     if vs == "llamacpp":

@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     args = ap.parse_args()
     r = Runner(resolve_model(args.model), n_ctx=512, n_threads=args.threads, backend=args.backend)
+    r.wait_pinned()
     be = r.model.backend
     spent = {"kernel": 0.0, "calls": 0}
 

@@ -52,7 +52,36 @@ def test_runner_outputs_equal_with_and_without(tmp_path, monkeypatch: pytest.Mon
     for flag in ("0", "1"):
         monkeypatch.setenv("EDGERUN_HUGEPAGES", flag)
         r = Runner(path, n_ctx=64, n_threads=2)
-        assert (r.pinned_bytes > 0) == (flag == "1")
+        assert (r.wait_pinned(60) > 0) == (flag == "1")
         (lg,) = r.forward([SeqInput(np.arange(3, 12, dtype=np.int32), 0, r.contiguous_table(9))])
         outs.append(lg)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_background_copy_swaps_in_between_steps(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner copies its weights in the background: steps before the swap read the file
+    mapping, the first step after the copy is done swaps the copies in, and outputs never change."""
+    monkeypatch.setattr(weights, "hugepages_wanted", lambda total: True)
+    bench = bench_gpu_module()
+    shape = bench.Shape("synth", "qwen2", 2, 256, 512, 4, 2, 300, qkv_bias=True, ctx=128)
+    path = bench.write_synthetic_gguf(tmp_path / "m.gguf", shape, qtype=8, seed=1, exact=True)
+    gate = weights.threading.Event()
+    real_copy = weights.PinJob._copy
+
+    def held_copy(self: weights.PinJob) -> None:
+        gate.wait(60)
+        real_copy(self)
+
+    monkeypatch.setattr(weights.PinJob, "_copy", held_copy)
+    r = Runner(path, n_ctx=64, n_threads=2)
+    before = r.model.layers[0].wq.data
+    step = SeqInput(np.arange(3, 12, dtype=np.int32), 0, r.contiguous_table(9))
+    (first,) = r.forward([step])
+    assert r.pinned_bytes == 0 and r.model.layers[0].wq.data is before  # copy held back: not swapped
+    gate.set()
+    assert r.wait_pinned(60) > 0
+    after = r.model.layers[0].wq.data
+    assert after is not before and not np.shares_memory(after, before)
+    np.testing.assert_array_equal(after, before)
+    (second,) = r.forward([step])
+    np.testing.assert_array_equal(first, second)

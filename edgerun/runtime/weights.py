@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from collections.abc import Iterable
 
 import numpy as np
@@ -56,34 +57,78 @@ def hugepages_wanted(total_bytes: int) -> bool:
     return 2 * total_bytes <= _available_bytes()
 
 
-def pin_in_hugepages(tensors: Iterable[QTensor]) -> int:
-    """Move the data of ``tensors`` into one huge-page mapping; returns the bytes moved (0: none).
+class PinJob:
+    """A copy of tensors' data into one huge-page mapping, made now or by a background thread.
 
-    Each distinct array is copied once (a tied embedding/output table is one tensor twice).
-    The new arrays keep the mapping alive; the old file-backed views are dropped.
+    Each distinct array is copied once (a tied embedding/output table is one tensor twice). The
+    copies replace the tensors' data only in :meth:`apply`, which the owner calls between steps,
+    so a forward pass never sees a half-swapped model. The new arrays keep the mapping alive;
+    the old file-backed views are dropped.
+
+    In the background the copy costs the load nothing: on a long-running machine whose memory
+    is fragmented the kernel compacts memory for every 2 MiB page it hands out, and the copy of
+    the 0.5B's 392 MB took 2.5 s there (0.45 s on a fresh one).
     """
-    uniq: dict[int, QTensor] = {}
-    for t in tensors:
-        uniq.setdefault(id(t), t)
-    todo = [t for t in uniq.values() if isinstance(t.data, np.ndarray) and t.data.nbytes > 0]
-    sizes = [-(-t.data.nbytes // _ALIGN) * _ALIGN for t in todo]
-    total = sum(sizes)
-    if not todo or not hugepages_wanted(total):
-        return 0
-    try:
-        mm = mmap.mmap(-1, total + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        mm.madvise(mmap.MADV_HUGEPAGE)
-    except (OSError, ValueError):
-        return 0
-    buf = np.frombuffer(mm, np.uint8)
-    off = (-buf.ctypes.data) % HUGE
-    for t, size in zip(todo, sizes, strict=True):
-        src = t.data
-        dst = np.ndarray(src.shape, src.dtype, buffer=buf, offset=off)
-        np.copyto(dst, src)
-        t.data = dst
-        off += size
-    return total
+
+    def __init__(self, tensors: Iterable[QTensor], background: bool = False) -> None:
+        uniq: dict[int, QTensor] = {}
+        for t in tensors:
+            uniq.setdefault(id(t), t)
+        self._todo = [t for t in uniq.values() if isinstance(t.data, np.ndarray) and t.data.nbytes > 0]
+        self._sizes = [-(-t.data.nbytes // _ALIGN) * _ALIGN for t in self._todo]
+        self.total = sum(self._sizes)
+        self._pairs: list[tuple[QTensor, np.ndarray]] = []
+        self._done = threading.Event()
+        self._applied = False
+        if not self._todo or not hugepages_wanted(self.total):
+            self.total = 0
+            self._done.set()
+        elif background:
+            threading.Thread(target=self._copy, name="edgerun-hugepages", daemon=True).start()
+        else:
+            self._copy()
+
+    def _copy(self) -> None:
+        try:
+            mm = mmap.mmap(-1, self.total + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            mm.madvise(mmap.MADV_HUGEPAGE)
+            buf = np.frombuffer(mm, np.uint8)
+            off = (-buf.ctypes.data) % HUGE
+            pairs = []
+            for t, size in zip(self._todo, self._sizes, strict=True):
+                src = t.data
+                dst = np.ndarray(src.shape, src.dtype, buffer=buf, offset=off)
+                np.copyto(dst, src)  # numpy drops the GIL for the copy
+                pairs.append((t, dst))
+                off += size
+            self._pairs = pairs
+        except (OSError, ValueError):  # no mapping: the weights stay where they are
+            self.total = 0
+        finally:
+            self._done.set()
+
+    def ready(self) -> bool:
+        """Whether the copy has finished (or was not made)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the copy has finished; False on timeout."""
+        return self._done.wait(timeout)
+
+    def apply(self) -> int:
+        """Swap the copies in once they are ready; returns the bytes moved (0: none, or not yet)."""
+        if self._applied or not self._done.is_set():
+            return 0
+        self._applied = True
+        for t, dst in self._pairs:
+            t.data = dst
+        self._pairs = []
+        return self.total
 
 
-__all__ = ["hugepages_wanted", "pin_in_hugepages"]
+def pin_in_hugepages(tensors: Iterable[QTensor]) -> int:
+    """Move the data of ``tensors`` into one huge-page mapping now; returns the bytes moved (0: none)."""
+    return PinJob(tensors).apply()
+
+
+__all__ = ["PinJob", "hugepages_wanted", "pin_in_hugepages"]
