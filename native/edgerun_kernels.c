@@ -1075,42 +1075,60 @@ T_V512 AI __m512 halfscales(__m512i idx, __m512i v) {
     return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, v)));
 }
 
+/* decoding Q4_0 / Q5_0 blocks two at a time: u = q | 0x80 = q + 128 (the activation offsets in
+ * A->n already hold -(128 + 8|16) * sum), with Q5_0's fifth bits added as 16 */
+typedef struct {
+    __m512i iq, is, sh, m0f, h16, x80;
+    int five, bs;
+    uint64_t m2, m1;
+} q45_dec_t;
+
+T_V512 AI q45_dec_t q45_dec(int five) {
+    const q45_dec_t d = {_mm512_loadu_si512(five ? IDX_Q5_0_Q : IDX_Q4_0_Q),
+                         _mm512_loadu_si512(five ? IDX_Q5_0_S : IDX_Q4_0_S),
+                         _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
+                                           0x0004000400040004LL, 0x0004000400040004LL),
+                         _mm512_set1_epi8(15), _mm512_set1_epi8(16), _mm512_set1_epi8((char)0x80),
+                         five, five ? 22 : 18, bytemask(2 * (five ? 22 : 18)), bytemask(five ? 22 : 18)};
+    return d;
+}
+
+/* the block pair at p0 (only its first block when !two): unsigned values, and lane scales in *s */
+T_V512 AI __m512i q45_pair(const q45_dec_t *d, const uint8_t *p0, int two, __m512 *s) {
+    const __m512i v = _mm512_maskz_loadu_epi8(two ? d->m2 : d->m1, p0);
+    __m512i u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(_mm512_permutexvar_epi16(d->iq, v), d->sh), d->m0f,
+                                          d->x80, 0xEA);
+    if (d->five) {
+        uint32_t h0, h1 = 0;
+        memcpy(&h0, p0 + 2, 4);
+        if (two) memcpy(&h1, p0 + d->bs + 2, 4);
+        u = _mm512_mask_add_epi8(u, (__mmask64)h0 | ((__mmask64)h1 << 32), u, d->h16);
+    }
+    *s = halfscales(d->is, v);
+    return u;
+}
+
 /* Q4_0 / Q5_0: two blocks per zmm, two accumulator sets to hide FMA latency */
 T_V512 AI void fz_q4q5_0_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FZ_SETUP();
     __m512 acc2[ER_V512_NR];
     for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
-    const int bs = five ? 22 : 18;
+    const q45_dec_t d = q45_dec(five);
     const int nb = K / 32;
-    const __m512i iq = _mm512_loadu_si512(five ? IDX_Q5_0_Q : IDX_Q4_0_Q);
-    const __m512i is = _mm512_loadu_si512(five ? IDX_Q5_0_S : IDX_Q4_0_S);
-    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
-                                         0x0004000400040004LL, 0x0004000400040004LL);
-    /* u = q | 0x80 = q + 128; the activation offsets (A->n) already hold -(128 + 8|16) * sum */
-    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16), x80 = _mm512_set1_epi8((char)0x80);
-    const uint64_t m2 = bytemask(2 * bs), m1 = bytemask(bs);
-#define Q45_PAIR(ACC, i_, mask_)                                                                       \
-    {                                                                                                  \
-        const uint8_t *p0 = row + (size_t)(i_) * bs;                                                   \
-        const __m512i v = _mm512_maskz_loadu_epi8(mask_, p0);                                          \
-        __m512i u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(_mm512_permutexvar_epi16(iq, v), sh), m0f, x80, 0xEA); \
-        if (five) {                                                                                    \
-            uint32_t h0, h1 = 0;                                                                       \
-            memcpy(&h0, p0 + 2, 4);                                                                    \
-            if ((mask_) == m2) memcpy(&h1, p0 + bs + 2, 4);                                            \
-            u = _mm512_mask_add_epi8(u, (__mmask64)h0 | ((__mmask64)h1 << 32), u, h16);                \
-        }                                                                                              \
-        const __m512 s = halfscales(is, v);                                                            \
-        if ((mask_) == m2) { FZ_ACCX(ACC, u, s, 32 * (i_)); }                                          \
-        else { FZ_ACC32(u, s, 32 * (i_)); }                                                            \
+#define Q45_PAIR(ACC, i_, two)                                                  \
+    {                                                                           \
+        __m512 s;                                                               \
+        const __m512i u = q45_pair(&d, row + (size_t)(i_) * d.bs, (two), &s);   \
+        if (two) { FZ_ACCX(ACC, u, s, 32 * (i_)); }                             \
+        else { FZ_ACC32(u, s, 32 * (i_)); }                                     \
     }
     int i = 0;
     for (; i + 4 <= nb; i += 4) {
-        Q45_PAIR(acc, i, m2);
-        Q45_PAIR(acc2, i + 2, m2);
+        Q45_PAIR(acc, i, 1);
+        Q45_PAIR(acc2, i + 2, 1);
     }
-    for (; i + 2 <= nb; i += 2) Q45_PAIR(acc, i, m2);
-    if (i < nb) Q45_PAIR(acc, i, m1);
+    for (; i + 2 <= nb; i += 2) Q45_PAIR(acc, i, 1);
+    if (i < nb) Q45_PAIR(acc, i, 0);
 #undef Q45_PAIR
     for (int r = 0; r < NR; r++) acc[r] = _mm512_add_ps(acc[r], acc2[r]);
     FZ_FINISH();
@@ -1438,32 +1456,18 @@ T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A
     ACC = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(xo, (u), xq)), _mm512_mul_ps((s), xs), ACC)
 
 T_V512 AI void fw_q45_0(int five, const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, float *out) {
-    const int bs = five ? 22 : 18, nb = K / 32;
-    const __m512i iq = _mm512_loadu_si512(five ? IDX_Q5_0_Q : IDX_Q4_0_Q);
-    const __m512i is = _mm512_loadu_si512(five ? IDX_Q5_0_S : IDX_Q4_0_S);
-    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
-                                         0x0004000400040004LL, 0x0004000400040004LL);
-    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16), x80 = _mm512_set1_epi8((char)0x80);
-    const uint64_t m2 = bytemask(2 * bs), m1 = bytemask(bs);
+    const q45_dec_t d = q45_dec(five);
+    const int nb = K / 32;
     __m512 acc[4];
     for (int v = 0; v < NW; v++) acc[v] = _mm512_setzero_ps();
     for (int i = 0; i < nb; i += 2) {
         const int one = i + 1 == nb;
-        const uint64_t mask = one ? m1 : m2;
         W0_ACTS(i, one)
         for (int v = 0; v < NW; v++) {
-            const uint8_t *p0 = W + v * rb + (size_t)i * bs;
-            _mm_prefetch(fw_pfp(W, rb, NW, i / 2, v, 2 * (size_t)bs), _MM_HINT_T0);
-            const __m512i wv = _mm512_maskz_loadu_epi8(mask, p0);
-            __m512i u = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(_mm512_permutexvar_epi16(iq, wv), sh), m0f, x80,
-                                                  0xEA);
-            if (five) {
-                uint32_t h0, h1 = 0;
-                memcpy(&h0, p0 + 2, 4);
-                if (!one) memcpy(&h1, p0 + bs + 2, 4);
-                u = _mm512_mask_add_epi8(u, (__mmask64)h0 | ((__mmask64)h1 << 32), u, h16);
-            }
-            W0_DOT(acc[v], u, halfscales(is, wv));
+            _mm_prefetch(fw_pfp(W, rb, NW, i / 2, v, 2 * (size_t)d.bs), _MM_HINT_T0);
+            __m512 s;
+            const __m512i u = q45_pair(&d, W + v * rb + (size_t)i * d.bs, !one, &s);
+            W0_DOT(acc[v], u, s);
         }
     }
     fw_store(acc, NW, out);
