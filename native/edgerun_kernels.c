@@ -1455,42 +1455,32 @@ T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A
 #define W0_DOT(ACC, u, s) \
     ACC = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(xo, (u), xq)), _mm512_mul_ps((s), xs), ACC)
 
-T_V512 AI void fw_q45_0(int five, const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, float *out) {
-    const q45_dec_t d = q45_dec(five);
-    const int nb = K / 32;
-    __m512 acc[4];
-    for (int v = 0; v < NW; v++) acc[v] = _mm512_setzero_ps();
-    for (int i = 0; i < nb; i += 2) {
-        const int one = i + 1 == nb;
-        W0_ACTS(i, one)
-        for (int v = 0; v < NW; v++) {
-            _mm_prefetch(fw_pfp(W, rb, NW, i / 2, v, 2 * (size_t)d.bs), _MM_HINT_T0);
-            __m512 s;
-            const __m512i u = q45_pair(&d, W + v * rb + (size_t)i * d.bs, !one, &s);
-            W0_DOT(acc[v], u, s);
-        }
-    }
-    fw_store(acc, NW, out);
+/* Q8_0's block pair at p0 (only its first block when !two): unsigned values, lane scales in *s */
+T_V512 AI __m512i q8_pair(const uint8_t *p0, int two, __m512i is, __m512i x80, __m512 *s) {
+    __m512i q8 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p0 + 2)));
+    if (two) q8 = _mm512_inserti64x4(q8, _mm256_loadu_si256((const __m256i *)(p0 + 36)), 1);
+    *s = halfscales(is, _mm512_maskz_loadu_epi8(two ? bytemask(64) : bytemask(34), p0));
+    return _mm512_xor_si512(q8, x80);
 }
 
-T_V512 AI void fw_q8_0_nw(const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, float *out) {
-    const int nb = K / 32;
-    const __m512i x80 = _mm512_set1_epi8((char)0x80);
-    const __m512i is = _mm512_loadu_si512(IDX_Q8_0_S);
+/* B = 1, qt one of Q4_0, Q5_0, Q8_0 (a constant where inlined) */
+T_V512 AI void fw_legacy(int qt, const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, float *out) {
+    const q45_dec_t d = q45_dec(qt == ER_Q5_0);
+    const int bs = qt == ER_Q8_0 ? 34 : d.bs, nb = K / 32;
+    const __m512i is8 = _mm512_loadu_si512(IDX_Q8_0_S), x80 = _mm512_set1_epi8((char)0x80);
     __m512 acc[4];
     for (int v = 0; v < NW; v++) acc[v] = _mm512_setzero_ps();
     for (int i = 0; i < nb; i += 2) {
         const int one = i + 1 == nb;
         W0_ACTS(i, one)
         for (int v = 0; v < NW; v++) {
-            const uint8_t *p0 = W + v * rb + (size_t)i * 34;
-            const char *pp = fw_pfp(W, rb, NW, i / 2, v, 68);
+            const uint8_t *p0 = W + v * rb + (size_t)i * bs;
+            const char *pp = fw_pfp(W, rb, NW, i / 2, v, 2 * (size_t)bs);
             _mm_prefetch(pp, _MM_HINT_T0);
-            _mm_prefetch(pp + 64, _MM_HINT_T0);
-            __m512i q8 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p0 + 2)));
-            if (!one) q8 = _mm512_inserti64x4(q8, _mm256_loadu_si256((const __m256i *)(p0 + 36)), 1);
-            const __m512 s = halfscales(is, _mm512_maskz_loadu_epi8(one ? bytemask(34) : bytemask(64), p0));
-            W0_DOT(acc[v], _mm512_xor_si512(q8, x80), s);
+            if (2 * bs > 64) _mm_prefetch(pp + 64, _MM_HINT_T0);
+            __m512 s;
+            const __m512i u = qt == ER_Q8_0 ? q8_pair(p0, !one, is8, x80, &s) : q45_pair(&d, p0, !one, &s);
+            W0_DOT(acc[v], u, s);
         }
     }
     fw_store(acc, NW, out);
@@ -1513,9 +1503,9 @@ typedef void (*fused_w_fn)(const uint8_t *, int64_t, int, int, const act_t *, fl
 FW_WRAP(fw_q4_k, fw_q45(0, W, rb, NW_, K, A, out))
 FW_WRAP(fw_q5_k, fw_q45(1, W, rb, NW_, K, A, out))
 FW_WRAP(fw_q6_k, fw_q6(W, rb, NW_, K, A, out))
-FW_WRAP(fw_q4_0, fw_q45_0(0, W, rb, NW_, K, A, out))
-FW_WRAP(fw_q5_0, fw_q45_0(1, W, rb, NW_, K, A, out))
-FW_WRAP(fw_q8_0, fw_q8_0_nw(W, rb, NW_, K, A, out))
+FW_WRAP(fw_q4_0, fw_legacy(ER_Q4_0, W, rb, NW_, K, A, out))
+FW_WRAP(fw_q5_0, fw_legacy(ER_Q5_0, W, rb, NW_, K, A, out))
+FW_WRAP(fw_q8_0, fw_legacy(ER_Q8_0, W, rb, NW_, K, A, out))
 
 /* ---- fused AVX2 K-quant kernels (Q8_K-style activations; maddubs + madd with the sub-block scales) ---- */
 
