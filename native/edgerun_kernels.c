@@ -126,6 +126,7 @@ static void q5_sel_init(void); /* tile16.h */
 #endif
 static int g_tile = 1;   /* tile16 kernels on (er_set_tile) */
 static int g_fw0 = 4;    /* B = 1 Q4_0/Q5_0/Q8_0: rows per pass, 0 = one row per kernel call (er_set_fw0) */
+static int g_fw0_b2 = 1; /* B = 2 on the same pass kernels rather than the tiles (er_set_fw0_b2) */
 
 static void detect_isa(void) {
     int isa = ISA_SCALAR;
@@ -1441,19 +1442,9 @@ T_V512 AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A
     fw_store(facc, NW, out);
 }
 
-/* ---- B = 1 legacy types, NW weight rows per pass: each pair of 32-blocks loads its activation
- * quants, offsets and scales once for all NW rows (the row-at-a-time kernels load them per row) ---- */
-
-/* 64 activation values from block pair i (the low 32 only when `one`): quants, offsets, lane scales */
-#define W0_ACTS(i_, one)                                                                               \
-    const __m512i xq = (one) ? _mm512_maskz_loadu_epi8(0xFFFFFFFFull, A->q + 32 * (i_))               \
-                             : _mm512_loadu_si512(A->q + 32 * (i_));                                    \
-    const __m512i xo = (one) ? _mm512_maskz_loadu_epi32(0xFF, A->n + 8 * (i_))                        \
-                             : _mm512_loadu_si512(A->n + 8 * (i_));                                     \
-    const __m512 xs = (one) ? _mm512_maskz_loadu_ps(0xFF, A->l + 8 * (i_)) : _mm512_loadu_ps(A->l + 8 * (i_));
-
-#define W0_DOT(ACC, u, s) \
-    ACC = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(xo, (u), xq)), _mm512_mul_ps((s), xs), ACC)
+/* ---- B = 1 or 2, legacy types, NW weight rows per pass: each pair of 32-blocks loads its
+ * activation quants, offsets and scales once for all NW rows, and decodes each weight pair once
+ * for both activation rows (the row-at-a-time kernels load and decode per row) ---- */
 
 /* Q8_0's block pair at p0 (only its first block when !two): unsigned values, lane scales in *s */
 T_V512 AI __m512i q8_pair(const uint8_t *p0, int two, __m512i is, __m512i x80, __m512 *s) {
@@ -1463,16 +1454,27 @@ T_V512 AI __m512i q8_pair(const uint8_t *p0, int two, __m512i is, __m512i x80, _
     return _mm512_xor_si512(q8, x80);
 }
 
-/* B = 1, qt one of Q4_0, Q5_0, Q8_0 (a constant where inlined) */
-T_V512 AI void fw_legacy(int qt, const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, float *out) {
+/* qt one of Q4_0, Q5_0, Q8_0; NR activation rows (1 or 2); out row r at out + r * ldy */
+T_V512 AI void fw_legacy(int qt, const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, const int NR,
+                         int64_t ldy, float *out) {
     const q45_dec_t d = q45_dec(qt == ER_Q5_0);
     const int bs = qt == ER_Q8_0 ? 34 : d.bs, nb = K / 32;
     const __m512i is8 = _mm512_loadu_si512(IDX_Q8_0_S), x80 = _mm512_set1_epi8((char)0x80);
-    __m512 acc[4];
-    for (int v = 0; v < NW; v++) acc[v] = _mm512_setzero_ps();
+    __m512 acc[2][4];
+    for (int r = 0; r < NR; r++)
+        for (int v = 0; v < NW; v++) acc[r][v] = _mm512_setzero_ps();
     for (int i = 0; i < nb; i += 2) {
         const int one = i + 1 == nb;
-        W0_ACTS(i, one)
+        __m512i xq[2], xo[2];
+        __m512 xs[2];
+        for (int r = 0; r < NR; r++) { /* 64 activation values (the low 32 only when `one`) */
+            const int8_t *q = A->q + (size_t)r * K + 32 * i;
+            const int32_t *n = A->n + (size_t)r * K / 4 + 8 * i;
+            const float *l = A->l + (size_t)r * K / 4 + 8 * i;
+            xq[r] = one ? _mm512_maskz_loadu_epi8(0xFFFFFFFFull, q) : _mm512_loadu_si512(q);
+            xo[r] = one ? _mm512_maskz_loadu_epi32(0xFF, n) : _mm512_loadu_si512(n);
+            xs[r] = one ? _mm512_maskz_loadu_ps(0xFF, l) : _mm512_loadu_ps(l);
+        }
         for (int v = 0; v < NW; v++) {
             const uint8_t *p0 = W + v * rb + (size_t)i * bs;
             const char *pp = fw_pfp(W, rb, NW, i / 2, v, 2 * (size_t)bs);
@@ -1480,13 +1482,34 @@ T_V512 AI void fw_legacy(int qt, const uint8_t *W, int64_t rb, const int NW, int
             if (2 * bs > 64) _mm_prefetch(pp + 64, _MM_HINT_T0);
             __m512 s;
             const __m512i u = qt == ER_Q8_0 ? q8_pair(p0, !one, is8, x80, &s) : q45_pair(&d, p0, !one, &s);
-            W0_DOT(acc[v], u, s);
+            for (int r = 0; r < NR; r++)
+                acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(xo[r], u, xq[r])),
+                                            _mm512_mul_ps(s, xs[r]), acc[r][v]);
         }
     }
-    fw_store(acc, NW, out);
+    for (int r = 0; r < NR; r++) fw_store(acc[r], NW, out + r * ldy);
 }
-#undef W0_ACTS
-#undef W0_DOT
+
+/* the legacy-type pass kernels with NW and NR as constants */
+typedef void (*fw_legacy_fn)(const uint8_t *, int64_t, int, int, const act_t *, int, int64_t, float *);
+#define FWL_WRAP(name, qt)                                                                                     \
+    T_V512 static void name(const uint8_t *W, int64_t rb, int nw, int K, const act_t *A, int nr, int64_t ldy,  \
+                            float *out) {                                                                      \
+        switch (nr > 1 ? 4 + nw : nw) {                                                                        \
+        case 1: fw_legacy(qt, W, rb, 1, K, A, 1, ldy, out); break;                                             \
+        case 2: fw_legacy(qt, W, rb, 2, K, A, 1, ldy, out); break;                                             \
+        case 3: fw_legacy(qt, W, rb, 3, K, A, 1, ldy, out); break;                                             \
+        case 4: fw_legacy(qt, W, rb, 4, K, A, 1, ldy, out); break;                                             \
+        case 5: fw_legacy(qt, W, rb, 1, K, A, 2, ldy, out); break;                                             \
+        case 6: fw_legacy(qt, W, rb, 2, K, A, 2, ldy, out); break;                                             \
+        case 7: fw_legacy(qt, W, rb, 3, K, A, 2, ldy, out); break;                                             \
+        default: fw_legacy(qt, W, rb, 4, K, A, 2, ldy, out); break;                                            \
+        }                                                                                                      \
+    }
+FWL_WRAP(fwl_q4_0, ER_Q4_0)
+FWL_WRAP(fwl_q5_0, ER_Q5_0)
+FWL_WRAP(fwl_q8_0, ER_Q8_0)
+#undef FWL_WRAP
 
 typedef void (*fused_w_fn)(const uint8_t *, int64_t, int, int, const act_t *, float *);
 
@@ -1503,9 +1526,6 @@ typedef void (*fused_w_fn)(const uint8_t *, int64_t, int, int, const act_t *, fl
 FW_WRAP(fw_q4_k, fw_q45(0, W, rb, NW_, K, A, out))
 FW_WRAP(fw_q5_k, fw_q45(1, W, rb, NW_, K, A, out))
 FW_WRAP(fw_q6_k, fw_q6(W, rb, NW_, K, A, out))
-FW_WRAP(fw_q4_0, fw_legacy(ER_Q4_0, W, rb, NW_, K, A, out))
-FW_WRAP(fw_q5_0, fw_legacy(ER_Q5_0, W, rb, NW_, K, A, out))
-FW_WRAP(fw_q8_0, fw_legacy(ER_Q8_0, W, rb, NW_, K, A, out))
 
 /* ---- fused AVX2 K-quant kernels (Q8_K-style activations; maddubs + madd with the sub-block scales) ---- */
 
@@ -1940,6 +1960,7 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
 #include "tile16.h"
 
 ER_API int er_set_tile(int on) { int old = g_tile; g_tile = on != 0; return old; }
+ER_API int er_set_fw0_b2(int on) { int old = g_fw0_b2; g_fw0_b2 = on != 0; return old; }
 ER_API int er_set_fw0(int nw) { int old = g_fw0; g_fw0 = nw < 0 ? 0 : nw > 4 ? 4 : nw; return old; }
 
 static int use_fused(int qt, int B) { return B <= ER_FUSED_MAX_B && g_fused && pick_fused(qt) != NULL; }
@@ -1948,17 +1969,23 @@ static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B);
 static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B,
                        float *y, int n0, int n1) {
 #ifdef ER_X86
+    /* legacy types, 1 or 2 activation rows: several weight rows per pass for short rows only; a long
+     * row alone runs faster on the row kernel, which keeps two accumulator sets (Q4_0 896x4864:
+     * 97 vs 110 us) */
+    const fw_legacy_fn fwl = B > 2 || !g_fw0 || K >= 4096 || g_isa < ISA_AVX512VNNI ? NULL
+                             : fz == fz_q4_0 ? fwl_q4_0 : fz == fz_q5_0 ? fwl_q5_0 : fz == fz_q8_0 ? fwl_q8_0 : NULL;
+    if (fwl && (B == 1 || g_fw0_b2)) {
+        const int nwx = g_fw0 > 1 ? g_fw0 : 2;
+        for (int n = n0; n < n1; n += nwx)
+            fwl(W + (size_t)n * row_bytes, row_bytes, n1 - n < nwx ? n1 - n : nwx, K, A, B, N, y + n);
+        return;
+    }
     if (B == 1) {
-        /* legacy types: several rows per pass for short rows only; a long row alone runs faster
-         * on the row kernel, which keeps two accumulator sets (Q4_0 896x4864: 97 vs 110 us) */
-        const int legacy = g_fw0 && K < 4096;
-        const fused_w_fn fw = fz == fz_q4_k ? fw_q4_k : fz == fz_q5_k ? fw_q5_k : fz == fz_q6_k ? fw_q6_k
-                              : !legacy ? NULL : fz == fz_q4_0 ? fw_q4_0 : fz == fz_q5_0 ? fw_q5_0
-                              : fz == fz_q8_0 ? fw_q8_0 : NULL;
+        const fused_w_fn fw = fz == fz_q4_k ? fw_q4_k : fz == fz_q5_k ? fw_q5_k : fz == fz_q6_k ? fw_q6_k : NULL;
         if (fw) {
             /* rows per pass: 2 for short rows; 1 for long ones, whose row-interleaved reads cost
              * more bandwidth than the shared activation loads save (1.5B ffn_down: 24.7 vs 17.6 GB/s) */
-            const int nwx = K >= 4096 ? 1 : legacy && g_fw0 > 1 ? g_fw0 : 2;
+            const int nwx = K >= 4096 ? 1 : 2;
             for (int n = n0; n < n1; n += nwx) fw(W + (size_t)n * row_bytes, row_bytes, n1 - n < nwx ? n1 - n : nwx, K, A, y + n);
             return;
         }

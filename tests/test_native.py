@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -357,17 +358,18 @@ def test_f32_to_f16_rounds_like_numpy() -> None:
 
 @pytest.mark.parametrize("qt", [2, 6, 8])  # Q4_0, Q5_0, Q8_0
 def test_multi_row_pass_kernels_match_row_kernels(qt: int) -> None:
-    """B = 1: the kernels that take 2-4 weight rows per pass (sharing the activation loads) give the
-    row-at-a-time kernels' products, for odd block counts (the one-block tail), row counts that
-    leave 1-3 rows over, and either thread count; rows of 4096+ values keep the row kernels."""
+    """B = 1 and 2: the kernels that take 2-4 weight rows per pass (sharing the activation loads)
+    give the row-at-a-time kernels' products, for odd block counts (the one-block tail), row counts
+    that leave 1-3 rows over, and either thread count; rows of 4096+ values keep the row kernels.
+    Two rows are also checked against the 16-row tiles they replace."""
     if not nv.available():
         pytest.skip("native library not built")
     rng = np.random.default_rng(400 + qt)
     old_threads = nv.get_threads()
     try:
-        for k, n in ((32, 5), (96, 3), (896, 50), (4064, 7), (4096, 6)):
+        for (k, n), b in itertools.product(((32, 5), (96, 3), (896, 50), (4064, 7), (4096, 6)), (1, 2)):
             w = make_weight(qt, n, k, rng)
-            x = rng.standard_normal((1, k)).astype(np.float32)
+            x = rng.standard_normal((2, k)).astype(np.float32)[:b]
             for threads in (1, 2):
                 nv.set_threads(threads)
                 want = None
@@ -383,5 +385,12 @@ def test_multi_row_pass_kernels_match_row_kernels(qt: int) -> None:
                         np.testing.assert_allclose(want, ref, rtol=0, atol=0.02 * np.abs(ref).max())
                     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max(),
                                                err_msg=f"K={k} N={n} threads={threads} rows/pass={nw}")
+                if b == 2:
+                    old = nv.set_fw0_b2(False)
+                    try:
+                        tiled = nv.matmul(qt, w, x)
+                    finally:
+                        nv.set_fw0_b2(old)
+                    np.testing.assert_allclose(got, tiled, rtol=0, atol=1e-5 * np.abs(tiled).max())
     finally:
         nv.set_threads(old_threads)

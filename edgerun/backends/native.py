@@ -78,6 +78,7 @@ def _load() -> None:
         "er_set_pool": ([i32], i32),
         "er_set_tile": ([i32], i32),
         "er_set_fw0": ([i32], i32),
+        "er_set_fw0_b2": ([i32], i32),
         "er_get_threads": ([], i32),
         "er_noop": ([i32], i32),
         "er_api_seconds": ([], ctypes.c_double),
@@ -150,6 +151,12 @@ def set_fused(on: bool) -> bool:
 def set_tile(on: bool) -> bool:
     """Use the 16-row tile kernels for small batches of Q4_0/Q5_0/Q8_0 (default on); returns the old value."""
     return bool(_lib.er_set_tile(int(on))) if _lib is not None else False
+
+
+def set_fw0_b2(on: bool) -> bool:
+    """Run two-row batches of Q4_0/Q5_0/Q8_0 on the B = 1 pass kernels (default on) rather than the
+    16-row tiles; returns the old value."""
+    return bool(_lib.er_set_fw0_b2(int(on))) if _lib is not None else False
 
 
 def set_fw0(rows: int) -> int:
