@@ -515,9 +515,8 @@ static int step_impl(const er_layer_t *L, int n_layers, void *const *kc, void *c
                      const void *w_out, int64_t rb_out, int n_vocab, const int64_t *sel, int n_sel, float *logits) {
     float *x = amalloc(sizeof(float) * (size_t)T * D);
     float *h = amalloc(sizeof(float) * (size_t)(n_sel > 0 ? n_sel : 1) * D);
-    float *hn = amalloc(sizeof(float) * (size_t)(n_sel > 0 ? n_sel : 1) * D);
     int rc = 0;
-    if (!x || !h || !hn) { rc = -2; goto done; }
+    if (!x || !h) { rc = -2; goto done; }
     for (int i = 0; i < n_sel; i++)
         if (sel[i] < 0 || sel[i] >= T) { rc = -1; goto done; }
     if ((rc = get_rows_impl(qt_emb, emb, rb_emb, D, tokens, T, x))) goto done;
@@ -527,10 +526,10 @@ static int step_impl(const er_layer_t *L, int n_layers, void *const *kc, void *c
                           max_ctx)))
         goto done;
     for (int i = 0; i < n_sel; i++) memcpy(h + (size_t)i * D, x + (size_t)sel[i] * D, sizeof(float) * D);
-    er_rms_norm(h, out_norm, hn, n_sel, D, eps);
-    rc = matmul_impl(qt_out, w_out, rb_out, n_vocab, D, hn, n_sel, logits);
+    er_rms_norm(h, out_norm, h, n_sel, D, eps); /* in place: each row's sum is taken before it is written */
+    rc = matmul_impl(qt_out, w_out, rb_out, n_vocab, D, h, n_sel, logits);
 done:
-    free(x); free(h); free(hn);
+    free(x); free(h);
     return rc;
 }
 
