@@ -126,6 +126,7 @@ static void q5_sel_init(void); /* tile16.h */
 #endif
 static int g_tile = 1;   /* tile16 kernels on (er_set_tile) */
 static int g_fw0 = 4;    /* B = 1 Q4_0/Q5_0/Q8_0: rows per pass, 0 = one row per kernel call (er_set_fw0) */
+static int g_tiles_min_b = 2; /* batch tiles (tiles.h) from this many activation rows (er_set_tiles_min_b) */
 static int g_fw0_b2 = 1; /* B = 2 on the same pass kernels rather than the tiles (er_set_fw0_b2) */
 
 static void detect_isa(void) {
@@ -1958,7 +1959,9 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
 }
 
 #include "tile16.h"
+#include "tiles.h"
 
+ER_API int er_set_tiles_min_b(int b) { int old = g_tiles_min_b; g_tiles_min_b = b < 1 ? 1 : b; return old; }
 ER_API int er_set_tile(int on) { int old = g_tile; g_tile = on != 0; return old; }
 ER_API int er_set_fw0_b2(int on) { int old = g_fw0_b2; g_fw0_b2 = on != 0; return old; }
 ER_API int er_set_fw0(int nw) { int old = g_fw0; g_fw0 = nw < 0 ? 0 : nw > 4 ? 4 : nw; return old; }
@@ -1972,6 +1975,19 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
     /* legacy types, 1 or 2 activation rows: several weight rows per pass for short rows only; a long
      * row alone runs faster on the row kernel, which keeps two accumulator sets (Q4_0 896x4864:
      * 97 vs 110 us) */
+    if (B >= g_tiles_min_b && g_isa >= ISA_AVX512VNNI && n0 % 16 == 0 &&
+        (fz == fz_q4_0 || fz == fz_q5_0 || fz == fz_q8_0)) {
+        const int qt = fz == fz_q4_0 ? ER_Q4_0 : fz == fz_q5_0 ? ER_Q5_0 : ER_Q8_0;
+        const uint8_t *T = tiles_find(W, qt, N, K, row_bytes);
+        if (T) {
+            const size_t tb = (size_t)(K / 64) * tiles_pair_bytes(qt);
+            for (; n0 + 16 <= n1; n0 += 16)
+                for (int b0 = 0; b0 < B; b0 += 8)
+                    tiles_kernel(qt, T + (size_t)(n0 / 16) * tb, K, A->q + (size_t)b0 * K, A->l + (size_t)b0 * K / 4,
+                                 A->sq + (size_t)b0 * (K / 32), B - b0 < 8 ? B - b0 : 8, y + (size_t)b0 * N, N, n0);
+            if (n0 >= n1) return;
+        }
+    }
     const fw_legacy_fn fwl = B > 2 || !g_fw0 || K >= 4096 || g_isa < ISA_AVX512VNNI ? NULL
                              : fz == fz_q4_0 ? fwl_q4_0 : fz == fz_q5_0 ? fwl_q5_0 : fz == fz_q8_0 ? fwl_q8_0 : NULL;
     if (fwl && (B == 1 || g_fw0_b2)) {

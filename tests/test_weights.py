@@ -85,3 +85,41 @@ def test_background_copy_swaps_in_between_steps(tmp_path, monkeypatch: pytest.Mo
     np.testing.assert_array_equal(after, before)
     (second,) = r.forward([step])
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("pin", ["0", "1"])
+def test_batch_tiles_serve_batches_with_equal_outputs(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                      pin: str) -> None:
+    """A runner with batch tiles registers them for the arrays it multiplies by (the huge-page
+    copies when those are made, else the file mapping) and a batch of 4 sequences gives the same
+    logits as without them; the tiles go when the runner does."""
+    from edgerun.backends import native
+
+    if not native.available() or native.tiles_size(8, 16, 256) == 0:
+        pytest.skip("no batch tiles on this CPU")
+    monkeypatch.setenv("EDGERUN_HUGEPAGES", pin)
+    bench = bench_gpu_module()
+    shape = bench.Shape("synth", "qwen2", 2, 256, 512, 4, 2, 300, qkv_bias=True, ctx=128)
+    path = bench.write_synthetic_gguf(tmp_path / "m.gguf", shape, qtype=8, seed=1, exact=True)
+    before = native.tiles_count()
+    r = Runner(path, n_ctx=64, n_threads=2, backend="native", batch_tiles=True, num_blocks=16)
+    r.wait_pinned(60)
+    n_tiled = len({id(t) for t in r.model.tensors() if native.tiles_size(t.qtype, t.n, t.k)})
+    assert r.tile_bytes > 0 and native.tiles_count() == before + n_tiled
+    seqs = [SeqInput(np.arange(3 + i, 12 + i, dtype=np.int32), 0, r.contiguous_table(9, 4 * i))
+            for i in range(4)]
+    r.forward(seqs)
+    step = [SeqInput(np.array([20 + i], np.int32), 9, r.contiguous_table(10, 4 * i)) for i in range(4)]
+    try:
+        native.set_tiles(False)
+        want = r.forward(step)
+    finally:
+        native.set_tiles(True)
+    got = r.forward(step)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    del r, got, want, seqs, step
+    import gc
+
+    gc.collect()
+    assert native.tiles_count() == before

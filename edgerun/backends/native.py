@@ -79,6 +79,13 @@ def _load() -> None:
         "er_set_tile": ([i32], i32),
         "er_set_fw0": ([i32], i32),
         "er_set_fw0_b2": ([i32], i32),
+        "er_set_tiles": ([i32], i32),
+        "er_set_tiles_min_b": ([i32], i32),
+        "er_tiles_size": ([i32, i32, i32], i64),
+        "er_tiles_make": ([i32, vp, i64, i32, i32, vp], i32),
+        "er_tiles_add": ([vp, i32, i32, i32, i64, vp], i32),
+        "er_tiles_remove": ([vp], i32),
+        "er_tiles_count": ([], i32),
         "er_get_threads": ([], i32),
         "er_noop": ([i32], i32),
         "er_api_seconds": ([], ctypes.c_double),
@@ -264,6 +271,63 @@ def matmul(qtype: int, data: np.ndarray, x: np.ndarray) -> np.ndarray:
         if rc:
             raise RuntimeError(f"er_matmul failed ({rc})")
     return out[0] if squeeze else out
+
+
+def set_tiles(on: bool) -> bool:
+    """Use registered batch tiles (native/tiles.h); returns the previous setting."""
+    return bool(_lib.er_set_tiles(int(on))) if _lib is not None else False
+
+
+def set_tiles_min_b(b: int) -> int:
+    """Batch tiles serve batches of at least ``b`` rows; returns the previous value."""
+    return int(_lib.er_set_tiles_min_b(int(b))) if _lib is not None else 0
+
+
+def tiles_size(qtype: int, n: int, k: int) -> int:
+    """Bytes of the batch tiles of an (n, k) weight of this type; 0 when it gets none here."""
+    return int(_lib.er_tiles_size(int(qtype), int(n), int(k))) if _lib is not None else 0
+
+
+def tiles_count() -> int:
+    """How many weights have batch tiles registered."""
+    return int(_lib.er_tiles_count()) if _lib is not None else 0
+
+
+def _tiles_drop(ptr: int, tiles: np.ndarray) -> None:
+    # runs when the weight array dies; ``tiles`` was kept alive by this finalizer until now
+    if _lib is not None:
+        _lib.er_tiles_remove(ptr)
+    del tiles
+
+
+def add_tiles(qtype: int, data: np.ndarray, k: int, out: np.ndarray | None = None) -> int:
+    """Build the batch tiles of a weight and register them for as long as ``data`` lives.
+
+    The native small-batch kernels then read the tiles instead of decoding ``data`` (same
+    results; see native/tiles.h). ``out``: a uint8 buffer of :func:`tiles_size` bytes to build
+    into (e.g. a slice of one huge-page mapping), else a new array. Returns the bytes used, 0
+    when this weight gets no tiles."""
+    if _lib is None:
+        return 0
+    qtype = int(qtype)
+    d2, stride = _check_w(qtype, data, k)
+    if d2 is not data:
+        return 0  # a strided weight: its temporary copy would not be what the kernels see
+    n = d2.shape[0]
+    size = tiles_size(qtype, n, k)
+    if not size:
+        return 0
+    if out is None:
+        out = np.empty(size, np.uint8)
+    if out.dtype != np.uint8 or out.nbytes != size or not out.flags.c_contiguous:
+        raise ValueError(f"tiles buffer must be {size} contiguous bytes")
+    ptr = d2.ctypes.data
+    if _lib.er_tiles_make(qtype, ptr, stride, n, k, _ptr(out)):
+        return 0
+    if _lib.er_tiles_add(ptr, qtype, n, k, stride, _ptr(out)):
+        return 0
+    weakref.finalize(data, _tiles_drop, ptr, out)
+    return size
 
 
 def get_rows(qtype: int, data: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:

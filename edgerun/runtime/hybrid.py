@@ -368,6 +368,7 @@ class HybridRunner(Runner):
     def __init__(self, model_path: str | os.PathLike, plan: Plan | None = None, placement: str = "auto",
                  vram_budget: int | None = None, overrides: Sequence[str] = (), vram_bytes: int | None = None,
                  overlap: bool = True, graphs: bool = True, **kw: Any) -> None:
+        kw.pop("batch_tiles", None)  # the CPU side's weights move after the plan (pin_in_hugepages below)
         super().__init__(model_path, **kw)
         if plan is None:
             a = self.args

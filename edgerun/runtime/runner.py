@@ -41,7 +41,7 @@ class Runner:
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
                  num_blocks: int | None = None, block_size: int = 16, backend: str = "auto",
-                 kv_type: str = "f16") -> None:
+                 kv_type: str = "f16", batch_tiles: bool = False) -> None:
         self.path = Path(model_path)
         self.gguf = GGUFFile(self.path)
         self.tokenizer = Tokenizer(self.path, self.gguf)
@@ -52,7 +52,13 @@ class Runner:
         self.args = self.model.args
         # the huge-page copy runs in the background and is swapped in between steps (_swap_pinned)
         self.pinned_bytes = 0
-        self._pin_job = PinJob(self.model.tensors(), background=True) if self.pin_weights_at_init else None
+        # batch_tiles: the serving engine's batches read a second, tiled copy of the legacy-type
+        # matrices (runtime/weights.py build_tiles), made by the same background job
+        tiles = batch_tiles and getattr(self.backend, "name", "") == "native"
+        pin = self.pin_weights_at_init
+        self._pin_job = (PinJob(self.model.tensors(), background=True, tiles=tiles, pin=pin)
+                         if pin or tiles else None)
+        self.tile_bytes = 0
         if n_ctx <= 0:
             raise ValueError("context size must be positive")
         self.n_ctx = min(n_ctx, self.args.context_length)
@@ -66,6 +72,7 @@ class Runner:
         job = self._pin_job
         if job is not None and job.ready():
             self.pinned_bytes = job.apply()
+            self.tile_bytes = job.tile_bytes
             self._pin_job = None
 
     def wait_pinned(self, timeout: float | None = None) -> int:

@@ -362,7 +362,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         path = resolve_model(args.model)
         runner = runner_from_args(path, args, n_ctx=args.ctx, n_threads=args.threads,
-                                  num_blocks=args.kv_blocks, backend=args.backend)
+                                  num_blocks=args.kv_blocks, backend=args.backend,
+                                  batch_tiles=args.max_running >= 2 and not args.no_batch_tiles)
     except (ModelError, GGUFError, ModelLoadError, ValueError) as e:
         print(f"edgerun: error: {e}", file=sys.stderr)
         return 2
@@ -389,6 +390,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-running", type=int, default=8, help="sequences batched together")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     p.add_argument("--max-batch-tokens", type=int, default=512, help="token budget per engine step")
+    p.add_argument("--no-batch-tiles", action="store_true",
+                   help="skip the second, batch-friendly copy of the Q4_0/Q5_0/Q8_0 matrices (saves their "
+                        "size in memory; batches of 2+ sequences run slower)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the runner")
     p.add_argument("--kv-blocks", type=int, default=None,
                    help="KV cache blocks of 16 tokens (default: two full contexts)")

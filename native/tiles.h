@@ -1,0 +1,231 @@
+/* Batch tiles: a second copy of a Q4_0 / Q5_0 / Q8_0 matrix, laid out for the small-batch kernel.
+ *
+ * tile16.h decodes the on-disk rows at every use: per 16 rows x 32 values it gathers the 16 scales
+ * (and Q5_0's 16 high-bit words) and transposes 16 row pieces. On the 0.5B at 8 sequences those
+ * gathers and shuffles, not the multiply-adds, set the pace (perf: the instruction after the scale
+ * gather alone took 11% of the kernel). The serving engine, which runs batches, can ask for this
+ * copy once at load (er_tiles_make / er_tiles_add); the row-major matrix stays for one sequence,
+ * for prefill and for embedding lookups.
+ *
+ * Layout, per tile of 16 rows (rows n0..n0+15, n0 a multiple of 16), per pair of blocks 2p, 2p+1
+ * (32 values each; a tile is nb/2 pairs, tiles follow each other):
+ *   64 B  scales: 16 halves of block 2p (row order), then 16 of block 2p+1
+ *   Q5_0: 2 x 64 B high-bit masks, block 2p then 2p+1: eight 64-bit masks per block, mask j bit
+ *         4 * row + k = high bit of the value that byte 4 * row + k of vector j holds
+ *   Q4_0 / Q5_0: 2 x 256 B nibbles: four 64-byte vectors per block, vector j dword `row` = bytes
+ *         4j..4j+3 of that row's qs (low nibbles: values 4j..4j+3, high: 16+4j..16+4j+3)
+ *   Q8_0: 2 x 512 B: eight vectors per block, vector j dword `row` = values 4j..4j+3 of the row,
+ *         each + 128 (unsigned for VNNI)
+ * A pair is 576 / 704 / 1088 bytes (9 / 11 / 17 cache lines), the same bytes as the 16 x 2 blocks
+ * it replaces, so the copy is as large as the matrix.
+ *
+ * Lookup: a lock-free open-addressing table keyed by the row-major matrix's address; fused_rows
+ * asks it on each call. The Python side registers a copy for as long as the matrix array lives
+ * (edgerun/backends/native.py). Included by edgerun_kernels.c. */
+
+static int tiles_pair_bytes(int qt) {
+    return qt == ER_Q4_0 ? 576 : qt == ER_Q5_0 ? 704 : qt == ER_Q8_0 ? 1088 : 0;
+}
+
+/* bytes of the tiles of an N x K matrix of type qt: 0 when it gets none (other types, an odd
+ * number of blocks per row, under 16 rows, or no AVX-512 VNNI kernel on this CPU) */
+ER_API int64_t er_tiles_size(int qt, int N, int K) {
+    if (g_isa < 0) detect_isa();
+    const int pb = tiles_pair_bytes(qt);
+    if (!pb || K <= 0 || K % 64 || N < 16 || g_isa_max < ISA_AVX512VNNI) return 0;
+    return (int64_t)(N / 16) * (K / 64) * pb;
+}
+
+/* Build the tiles of W (N rows of row_bytes) into out (er_tiles_size bytes). Returns 0 or -1. */
+ER_API int er_tiles_make(int qt, const void *Wv, int64_t rb, int N, int K, void *outv) {
+    const int pb = tiles_pair_bytes(qt);
+    if (!er_tiles_size(qt, N, K)) return -1;
+    const uint8_t *W = Wv;
+    uint8_t *out = outv;
+    const int nb = K / 32, bs = block_size(qt) == 32 ? (qt == ER_Q4_0 ? 18 : qt == ER_Q5_0 ? 22 : 34) : 0;
+    if (!bs) return -1;
+    for (int t = 0; t < N / 16; t++) {
+        for (int p = 0; p < nb / 2; p++) {
+            uint8_t *o = out + ((size_t)t * (nb / 2) + p) * pb;
+            for (int h = 0; h < 2; h++) {
+                const int b = 2 * p + h;
+                for (int r = 0; r < 16; r++) {
+                    const uint8_t *blk = W + (size_t)(16 * t + r) * rb + (size_t)b * bs;
+                    memcpy(o + 32 * h + 2 * r, blk, 2); /* the scale */
+                    if (qt == ER_Q8_0) {
+                        uint8_t *v = o + 64 + 512 * h;
+                        for (int j = 0; j < 8; j++)
+                            for (int k = 0; k < 4; k++) v[64 * j + 4 * r + k] = (uint8_t)(blk[2 + 4 * j + k] ^ 0x80);
+                        continue;
+                    }
+                    const int q5 = qt == ER_Q5_0;
+                    const uint8_t *qs = blk + (q5 ? 6 : 2);
+                    uint8_t *v = o + 64 + (q5 ? 128 : 0) + 256 * h;
+                    for (int j = 0; j < 4; j++) memcpy(v + 64 * j + 4 * r, qs + 4 * j, 4);
+                    if (q5) {
+                        uint32_t qh;
+                        memcpy(&qh, blk + 2, 4);
+                        uint8_t *m = o + 64 + 64 * h;
+                        for (int j = 0; j < 8; j++)
+                            for (int k = 0; k < 4; k++) {
+                                const int vi = j < 4 ? 4 * j + k : 16 + 4 * (j - 4) + k, bit = 4 * r + k;
+                                if (qh >> vi & 1) m[8 * j + bit / 8] |= (uint8_t)(1u << (bit % 8));
+                                else m[8 * j + bit / 8] &= (uint8_t)~(1u << (bit % 8));
+                            }
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- registry: row-major address -> tiles */
+
+#define ER_TILES_CAP 8192 /* power of two; a model has a few hundred matrices */
+typedef struct {
+    _Atomic(const void *) key; /* NULL: empty, ER_TILES_DEAD: removed */
+    const uint8_t *tiles;
+    int qt, N, K;
+    int64_t rb;
+} tiles_entry_t;
+static tiles_entry_t g_tiles[ER_TILES_CAP];
+static pthread_mutex_t g_tiles_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int g_tiles_count = 0;
+static int g_tiles_on = 1; /* er_set_tiles */
+#define ER_TILES_DEAD ((const void *)1)
+
+static size_t tiles_hash(const void *p) { return (size_t)(((uintptr_t)p >> 6) * 0x9E3779B97F4A7C15ull >> 40) & (ER_TILES_CAP - 1); }
+
+/* register tiles for W (the caller keeps both alive until er_tiles_remove); 0, or -1 when full */
+ER_API int er_tiles_add(const void *W, int qt, int N, int K, int64_t rb, const void *tiles) {
+    if (!W || !tiles || !er_tiles_size(qt, N, K)) return -1;
+    pthread_mutex_lock(&g_tiles_mu);
+    int rc = -1;
+    size_t i = tiles_hash(W);
+    for (int probe = 0; probe < ER_TILES_CAP; probe++, i = (i + 1) & (ER_TILES_CAP - 1)) {
+        const void *k = atomic_load_explicit(&g_tiles[i].key, memory_order_relaxed);
+        if (k == W) break; /* already there: keep the first */
+        if (k == NULL || k == ER_TILES_DEAD) {
+            if (atomic_load(&g_tiles_count) >= ER_TILES_CAP / 2) break;
+            g_tiles[i].tiles = tiles;
+            g_tiles[i].qt = qt;
+            g_tiles[i].N = N;
+            g_tiles[i].K = K;
+            g_tiles[i].rb = rb;
+            atomic_store_explicit(&g_tiles[i].key, W, memory_order_release);
+            atomic_fetch_add(&g_tiles_count, 1);
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_tiles_mu);
+    return rc;
+}
+
+ER_API int er_tiles_remove(const void *W) {
+    pthread_mutex_lock(&g_tiles_mu);
+    int rc = -1;
+    size_t i = tiles_hash(W);
+    for (int probe = 0; probe < ER_TILES_CAP; probe++, i = (i + 1) & (ER_TILES_CAP - 1)) {
+        const void *k = atomic_load_explicit(&g_tiles[i].key, memory_order_relaxed);
+        if (k == NULL) break;
+        if (k == W) {
+            atomic_store_explicit(&g_tiles[i].key, ER_TILES_DEAD, memory_order_release);
+            atomic_fetch_sub(&g_tiles_count, 1);
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_tiles_mu);
+    return rc;
+}
+
+ER_API int er_tiles_count(void) { return atomic_load(&g_tiles_count); }
+ER_API int er_set_tiles(int on) { int old = g_tiles_on; g_tiles_on = on != 0; return old; }
+
+/* the tiles of W when they exist and match its shape */
+static const uint8_t *tiles_find(const void *W, int qt, int N, int K, int64_t rb) {
+    if (!g_tiles_on || atomic_load_explicit(&g_tiles_count, memory_order_relaxed) == 0) return NULL;
+    size_t i = tiles_hash(W);
+    for (int probe = 0; probe < ER_TILES_CAP; probe++, i = (i + 1) & (ER_TILES_CAP - 1)) {
+        const void *k = atomic_load_explicit(&g_tiles[i].key, memory_order_acquire);
+        if (k == NULL) return NULL;
+        if (k == W) {
+            const tiles_entry_t *e = &g_tiles[i];
+            return e->qt == qt && e->N == N && e->K == K && e->rb == rb ? e->tiles : NULL;
+        }
+    }
+    return NULL;
+}
+
+#ifdef ER_X86
+/* One tile of 16 rows from its tiles, B <= NRMAX activation rows: y[r * N + n0 + i]. */
+T_V512 AI void tiles_b(const int qt, const uint8_t *T, int K, const int8_t *aq, const float *al, const int32_t *sq,
+                       const int B, float *y, int N, int n0) {
+    const int nb = K / 32, pb = tiles_pair_bytes(qt);
+    const int off = qt == ER_Q4_0 ? 8 : qt == ER_Q5_0 ? 16 : 128;
+    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16);
+    __m512 facc[8];
+    for (int r = 0; r < B; r++) facc[r] = _mm512_setzero_ps();
+    for (int p = 0; p < nb / 2; p++) {
+        const uint8_t *pp = T + (size_t)p * pb;
+        for (int o = 0; o < pb; o += 64) _mm_prefetch((const char *)(pp + 8 * pb + o), _MM_HINT_T0);
+        const __m512i dh = _mm512_loadu_si512(pp);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const int b = 2 * p + h;
+            const __m512 dw = _mm512_cvtph_ps(h ? _mm512_extracti64x4_epi64(dh, 1) : _mm512_castsi512_si256(dh));
+            __m512i w[8];
+            if (qt == ER_Q8_0) {
+                for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(pp + 64 + 512 * h + 64 * j);
+            } else {
+                const uint8_t *qs = pp + 64 + (qt == ER_Q5_0 ? 128 : 0) + 256 * h;
+                for (int j = 0; j < 4; j++) {
+                    const __m512i v = _mm512_loadu_si512(qs + 64 * j);
+                    w[j] = _mm512_and_si512(v, m0f);
+                    w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+                }
+                if (qt == ER_Q5_0) {
+                    const uint8_t *mk = pp + 64 + 64 * h;
+                    for (int j = 0; j < 8; j++) {
+                        uint64_t m;
+                        memcpy(&m, mk + 8 * j, 8);
+                        w[j] = _mm512_mask_add_epi8(w[j], (__mmask64)m, w[j], h16);
+                    }
+                }
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < B; r++) {
+                const int8_t *q = aq + (size_t)r * K + 32 * b;
+                __m512i acc = _mm512_set1_epi32(-off * sq[(size_t)r * nb + b]);
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) {
+                    int32_t a4;
+                    memcpy(&a4, q + 4 * j, 4);
+                    acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(a4));
+                }
+                const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(al[(size_t)r * K / 4 + 8 * b]));
+                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, facc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < B; r++) _mm512_storeu_ps(y + (size_t)r * N + n0, facc[r]);
+}
+
+#define TILES_CASE(QT, B_) tiles_b(QT, T, K, aq, al, sq, B_, y, N, n0)
+#define TILES_SW(QT)                                                                                       \
+    switch (B) {                                                                                           \
+    case 1: TILES_CASE(QT, 1); break; case 2: TILES_CASE(QT, 2); break; case 3: TILES_CASE(QT, 3); break; \
+    case 4: TILES_CASE(QT, 4); break; case 5: TILES_CASE(QT, 5); break; case 6: TILES_CASE(QT, 6); break; \
+    case 7: TILES_CASE(QT, 7); break; default: TILES_CASE(QT, 8); break;                                  \
+    }
+T_V512 static void tiles_kernel(int qt, const uint8_t *T, int K, const int8_t *aq, const float *al,
+                                const int32_t *sq, int B, float *y, int N, int n0) {
+    if (qt == ER_Q4_0) { TILES_SW(ER_Q4_0) }
+    else if (qt == ER_Q5_0) { TILES_SW(ER_Q5_0) }
+    else { TILES_SW(ER_Q8_0) }
+}
+#undef TILES_SW
+#undef TILES_CASE
+#endif
