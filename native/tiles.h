@@ -170,7 +170,7 @@ T_V512 AI void tiles_b(const int qt, const uint8_t *T, int K, const int8_t *aq, 
     for (int r = 0; r < B; r++) facc[r] = _mm512_setzero_ps();
     for (int p = 0; p < nb / 2; p++) {
         const uint8_t *pp = T + (size_t)p * pb;
-        for (int o = 0; o < pb; o += 64) _mm_prefetch((const char *)(pp + 8 * pb + o), _MM_HINT_T0);
+        for (int o = 0; o < pb; o += 64) _mm_prefetch((const char *)(pp + 24 * pb + o), _MM_HINT_T1);
         const __m512i dh = _mm512_loadu_si512(pp);
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
