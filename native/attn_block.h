@@ -434,14 +434,14 @@ static int attn_block_impl(const float *x, int T, int D, const float *norm_w, fl
     if (H <= 0 || KVH <= 0 || H % KVH || hd <= 0 || hd % 2 || hd > ER_MAX_HD) return -1;
     const int QD = H * hd, KD = KVH * hd;
     int rc = 0;
-    float *nx = amalloc(sizeof(float) * (size_t)T * D);
-    float *q = amalloc(sizeof(float) * (size_t)T * QD);
-    float *k = amalloc(sizeof(float) * (size_t)T * KD);
-    float *v = amalloc(sizeof(float) * (size_t)T * KD);
-    float *a = amalloc(sizeof(float) * (size_t)T * QD);
-    float *o = amalloc(sizeof(float) * (size_t)T * D);
-    float *cs = amalloc(sizeof(float) * (size_t)T * (hd / 2));
-    float *sn = amalloc(sizeof(float) * (size_t)T * (hd / 2));
+    float *nx = scratch(17, sizeof(float) * (size_t)T * D);
+    float *q = scratch(18, sizeof(float) * (size_t)T * QD);
+    float *k = scratch(19, sizeof(float) * (size_t)T * KD);
+    float *v = scratch(20, sizeof(float) * (size_t)T * KD);
+    float *a = scratch(21, sizeof(float) * (size_t)T * QD);
+    float *o = scratch(22, sizeof(float) * (size_t)T * D);
+    float *cs = scratch(23, sizeof(float) * (size_t)T * (hd / 2));
+    float *sn = scratch(24, sizeof(float) * (size_t)T * (hd / 2));
     if (!nx || !q || !k || !v || !a || !o || !cs || !sn) { rc = -2; goto done; }
     er_rms_norm(x, norm_w, nx, T, D, eps);
     {
@@ -485,7 +485,6 @@ static int attn_block_impl(const float *x, int T, int D, const float *norm_w, fl
     if (post_norm) er_rms_norm(o, post_norm, o, T, D, eps);
     for (size_t i = 0; i < (size_t)T * D; i++) out[i] = x[i] + o[i];
 done:
-    free(nx); free(q); free(k); free(v); free(a); free(o); free(cs); free(sn);
     return rc;
 }
 

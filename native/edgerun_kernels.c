@@ -106,7 +106,11 @@ static void *amalloc(size_t n) {
 #ifndef ER_PF
 #define ER_PF 1024
 #endif
-#define ER_SLOTS 13
+/* slots: 0-7, 12 activations; 8, 10 offset sums; 9 decoded row; 11 attention scores; 13-16 the FFN
+ * block's and 17-24 the attention block's intermediates; 25-28 the GEMM's packed activations.
+ * (Fresh allocations of a prefill's megabytes cost page faults and zeroing on every layer: 7% of a
+ * 512-token step.) */
+#define ER_SLOTS 29
 static __thread void *t_scratch[ER_SLOTS];
 static __thread size_t t_scratch_n[ER_SLOTS];
 
@@ -1775,16 +1779,16 @@ typedef struct {
     float *XS;    /* ngroups * (K/16) * 16 : scale * sum of 16 quants */
 } pack_t;
 
-__attribute__((unused)) static void pack_free(pack_t *pk) { free(pk->P); free(pk->NS); free(pk->DA); free(pk->XS); }
+__attribute__((unused)) static void pack_free(pack_t *pk) { (void)pk; /* scratch slots */ }
 
 __attribute__((unused)) static int pack_acts(pack_t *pk, const act_t *A, int B, int K, int G) {
     memset(pk, 0, sizeof(*pk));
     pk->K = K; pk->G = G; pk->ngroups = (B + 15) / 16;
     const size_t ng = (size_t)pk->ngroups;
-    pk->P = amalloc(ng * K * 16);
-    pk->NS = amalloc(ng * (K / G) * 16 * 4);
-    pk->DA = amalloc(ng * (K / G) * 16 * 4);
-    pk->XS = amalloc(ng * (K / 16) * 16 * 4);
+    pk->P = scratch(25, ng * K * 16);
+    pk->NS = scratch(26, ng * (K / G) * 16 * 4);
+    pk->DA = scratch(27, ng * (K / G) * 16 * 4);
+    pk->XS = scratch(28, ng * (K / 16) * 16 * 4);
     if (!pk->P || !pk->NS || !pk->DA || !pk->XS) return -1;
     memset(pk->P, 0, ng * K * 16);
     memset(pk->NS, 0, ng * (K / G) * 16 * 4);
@@ -1935,6 +1939,8 @@ static void gemm_task(void *p, int q0, int q1) {
 }
 #endif
 
+static int64_t g_gemm_l2 = 1 << 20; /* bytes of packed activations per GEMM tile (er_set_gemm_l2); 0.5B prefill, 8 x 64 tokens, same process: 64 rows a tile 498 tok/s, 256 KiB 533, 1 MiB 567, more the same */
+ER_API int64_t er_set_gemm_l2(int64_t b) { int64_t old = g_gemm_l2; g_gemm_l2 = b; return old; }
 /* returns 1 when handled */
 static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B, float *y,
                        int *err) {
@@ -1948,7 +1954,10 @@ static int matmul_gemm(int qt, const uint8_t *W, int64_t row_bytes, int N, int K
     if (pack_acts(&pk, A, B, K, G)) { pack_free(&pk); *err = -2; return 1; }
     const int nt = nthreads();
     const int par = nt > 1 && (int64_t)N * K * B >= (1 << 19);
-    const int GT = 4; /* row groups per tile: 64 activation rows stay in L2 */
+    /* row groups per tile (K * 16 bytes of packed activations a group): each weight row is decoded
+     * once per tile, so fewer, larger tiles decode and read the weights fewer times */
+    int GT = (int)((size_t)g_gemm_l2 / ((size_t)K * 16));
+    GT = GT < 4 ? 4 : GT;
     gemm_ctx_t c = {qt, W, row_bytes, N, K, G, B, 0, 0, dec, &pk, y, 0};
     for (int t0 = 0; t0 < pk.ngroups; t0 += GT) {
         c.t0 = t0;
@@ -2610,10 +2619,10 @@ static int ffn_impl(const float *x, const float *norm_w, float eps, int qt_g, co
                     const float *post_norm, float *out) {
     if (g_isa < 0) detect_isa();
     int rc = 0;
-    float *nx = amalloc(sizeof(float) * (size_t)B * D);
-    float *g = amalloc(sizeof(float) * (size_t)B * F);
-    float *u = amalloc(sizeof(float) * (size_t)B * F);
-    float *dn = amalloc(sizeof(float) * (size_t)B * D);
+    float *nx = scratch(13, sizeof(float) * (size_t)B * D);
+    float *g = scratch(14, sizeof(float) * (size_t)B * F);
+    float *u = scratch(15, sizeof(float) * (size_t)B * F);
+    float *dn = scratch(16, sizeof(float) * (size_t)B * D);
     if (!nx || !g || !u || !dn) { rc = -2; goto done; }
     er_rms_norm(x, norm_w, nx, B, D, eps);
     const int quant = !is_float_type(qt_g) && !is_float_type(qt_u) && block_size(qt_g) && block_size(qt_u) &&
@@ -2651,7 +2660,6 @@ static int ffn_impl(const float *x, const float *norm_w, float eps, int qt_g, co
     if (post_norm) er_rms_norm(dn, post_norm, dn, B, D, eps);
     for (int64_t i = 0; i < (int64_t)B * D; i++) out[i] = x[i] + dn[i];
 done:
-    free(nx); free(g); free(u); free(dn);
     return rc;
 }
 

@@ -130,13 +130,20 @@ def test_matmul_prefill_batches(qt: int) -> None:
         for n in (1, 7, 33):
             w = make_weight(qt, n, k, rng)
             wf = ref_weight(qt, w, k).astype(np.float64)
-            for b in (9, 20, 37):
+            for b in (9, 20, 37, 70):
                 x = rng.standard_normal((b, k)).astype(np.float32)
                 y = nv.matmul(qt, w, x)
                 scale = np.sqrt(np.mean(x.astype(np.float64) ** 2) * np.mean(wf**2) * k)
                 group = 256 if qt in (12, 13, 14) else 32  # on every path, for batch invariance
                 ref = quant_act(x, group).astype(np.float64) @ wf.T
                 assert np.abs(y - ref).max() / scale < 2e-5, (qt, n, k, b)
+                # the GEMM's tiling (how many activation rows share one decode of a weight row) does
+                # not change a single bit (70 rows: one tile, or two of the smallest, 64 rows)
+                old = nv.set_gemm_tile_bytes(0)
+                try:
+                    np.testing.assert_array_equal(nv.matmul(qt, w, x), y)
+                finally:
+                    nv.set_gemm_tile_bytes(old)
 
 
 @pytest.mark.parametrize("pool", [True, False])

@@ -81,6 +81,7 @@ def _load() -> None:
         "er_set_fw0_b2": ([i32], i32),
         "er_set_tiles": ([i32], i32),
         "er_set_tiles_min_b": ([i32], i32),
+        "er_set_gemm_l2": ([i64], i64),
         "er_tiles_size": ([i32, i32, i32], i64),
         "er_tiles_make": ([i32, vp, i64, i32, i32, vp], i32),
         "er_tiles_add": ([vp, i32, i32, i32, i64, vp], i32),
@@ -281,6 +282,12 @@ def set_tiles(on: bool) -> bool:
 def set_tiles_min_b(b: int) -> int:
     """Batch tiles serve batches of at least ``b`` rows; returns the previous value."""
     return int(_lib.er_set_tiles_min_b(int(b))) if _lib is not None else 0
+
+
+def set_gemm_tile_bytes(n: int) -> int:
+    """Packed-activation bytes per tile of the prefill GEMM (each weight row is decoded once per
+    tile); returns the previous value. For tuning and tests: results do not depend on it."""
+    return int(_lib.er_set_gemm_l2(int(n))) if _lib is not None else 0
 
 
 def tiles_size(qtype: int, n: int, k: int) -> int:
