@@ -25,7 +25,8 @@ def live() -> Iterator[LiveServer]:
     from edgerun.catalog import resolve_model
     from edgerun.runtime.runner import Runner
 
-    runner = Runner(resolve_model(MODEL_NAME), n_ctx=1024)
+    runner = Runner(resolve_model(MODEL_NAME), n_ctx=1024, batch_tiles=True)  # as `edgerun serve` makes it
+    runner.wait_pinned(120)  # batches then read the tiles from the first request on
     s = LiveServer(Engine(runner, max_running=8).start(), model=runner.model_name)
     yield s
     s.stop()
