@@ -49,6 +49,28 @@ static void q5_sel_init(void) {
     }
 }
 
+/* Block b of a 16-row tile against B activation rows: w[8] hold its 16 x 32 weights as unsigned
+ * bytes (value + off), dw its 16 scales; facc[r] += the scaled products of row r. The integer
+ * accumulator starts at -off * (sum of the activation block), so it holds the exact signed dot
+ * product before the float scaling. Shared by tile16_b and the batch tiles (tiles.h). */
+T_V512 AI void tile_rows(const __m512i *w, __m512 dw, const int8_t *aq, const float *al, const int32_t *sq, int K,
+                         int b, int off, const int B, __m512 *facc) {
+    const int nb = K / 32;
+#pragma GCC unroll 8
+    for (int r = 0; r < B; r++) {
+        const int8_t *q = aq + (size_t)r * K + 32 * b;
+        __m512i acc = _mm512_set1_epi32(-off * sq[(size_t)r * nb + b]);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            int32_t a4;
+            memcpy(&a4, q + 4 * j, 4);
+            acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(a4));
+        }
+        const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(al[(size_t)r * K / 4 + 8 * b]));
+        facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, facc[r]);
+    }
+}
+
 /* One tile: rows n0..n0+15 of W (type qt), B <= 8 activation rows, y[r * N + n0 + i]. */
 T_TILE AI void tile16_b(int qt, const uint8_t *W, int64_t rb, int N, int K, const act_t *A, const int32_t *sq,
                         const int B, float *y, int n0) {
@@ -91,19 +113,7 @@ T_TILE AI void tile16_b(int qt, const uint8_t *W, int64_t rb, int N, int K, cons
                 }
             }
         }
-#pragma GCC unroll 8
-        for (int r = 0; r < B; r++) {
-            const int8_t *q = A->q + (size_t)r * K + 32 * b;
-            __m512i acc = _mm512_set1_epi32(-off * sq[(size_t)r * nb + b]);
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) {
-                int32_t a4;
-                memcpy(&a4, q + 4 * j, 4);
-                acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(a4));
-            }
-            const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(A->l[(size_t)r * K / 4 + 8 * b]));
-            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, facc[r]);
-        }
+        tile_rows(w, dw, A->q, A->l, sq, K, b, off, B, facc);
     }
     /* lanes back to row order: out[i] = facc[lane of row i] */
     const __m512i inv = _mm512_loadu_si512(TILE_ROW); /* the permutation is its own inverse */

@@ -421,6 +421,7 @@ def test_batch_tiles_match_decoding_kernels(qt: int) -> None:
             out = np.empty(nv.tiles_size(qt, n, k), np.uint8)
             before = nv.tiles_count()
             assert nv.add_tiles(qt, w, k, out) == out.nbytes
+            assert nv.add_tiles(qt, w, k) == 0  # registered once only
             assert nv.tiles_count() == before + 1
             for b, threads in itertools.product((1, 2, 3, 8, 11, 16), (1, 2)):
                 nv.set_threads(threads)
