@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -93,6 +95,10 @@ def test_eight_concurrent_equal_alone(live: LiveServer, client: openai.OpenAI) -
         other = top2[1] if ids[j] == top2[0] else top2[0]
         assert got.startswith(tok.decode(ids[:j] + [other])), (got, text)
     assert splits <= 2, f"{splits} of {len(QUESTIONS)} concurrent answers differ from alone"
+    # those batches read the batch tiles, whose memory /metrics reports
+    text = httpx.get(live.url + "/metrics", timeout=30).text
+    m = re.search(r"^edgerun_batch_tiles_bytes (\S+)$", text, re.M)
+    assert m and float(m.group(1)) > 100e6, text[-2000:]
 
 
 def test_long_prefix_served_from_cache(live: LiveServer, client: openai.OpenAI) -> None:

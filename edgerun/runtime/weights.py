@@ -165,9 +165,12 @@ def build_tiles(pairs: Iterable[tuple[QTensor, np.ndarray]]) -> int:
     total = sum(s for _, _, s, _ in todo)
     if not total or 2 * total > _available_bytes():
         return 0
-    mm = mmap.mmap(-1, total + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        mm.madvise(mmap.MADV_HUGEPAGE)
+    try:
+        mm = mmap.mmap(-1, total + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            mm.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError):  # no mapping: batches decode the rows as before
+        return 0
     buf = np.frombuffer(mm, np.uint8)
     off = (-buf.ctypes.data) % HUGE
     made = 0

@@ -297,6 +297,7 @@ class Engine:
             "prefix_cache_hits": kv.prefix_hits,
             "prefix_cache_hit_rate": kv.prefix_hits / kv.prefix_queries if kv.prefix_queries else 0.0,
             "preemptions": self.scheduler.num_preemptions,
+            "batch_tiles_bytes": getattr(self.runner, "tile_bytes", 0),
             **self._totals,
         }
 
