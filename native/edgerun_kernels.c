@@ -2003,6 +2003,21 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
             if (n0 >= n1) return;
         }
     }
+    if (B >= g_tiles_min_b && g_isa >= ISA_AVX512VNNI && n0 % 16 == 0 && fz == fz_q4_k) {
+        const uint8_t *T = tiles_find(W, ER_Q4_K, N, K, row_bytes);
+        if (T) {
+            const size_t tb = (size_t)(K / 256) * ER_Q4K_TB;
+            for (; n0 + 16 <= n1; n0 += 16)
+                for (int b0 = 0; b0 < B; b0 += 8) {
+                    act_t Ab = *A;
+                    Ab.kq += (size_t)b0 * K;
+                    Ab.kd += (size_t)b0 * (K / 256);
+                    Ab.kb += (size_t)b0 * (K / 16);
+                    tiles_q4k(T + (size_t)(n0 / 16) * tb, K, &Ab, B - b0 < 8 ? B - b0 : 8, y + (size_t)b0 * N, N, n0);
+                }
+            if (n0 >= n1) return;
+        }
+    }
     const fw_legacy_fn fwl = B > 2 || !g_fw0 || K >= 4096 || g_isa < ISA_AVX512VNNI ? NULL
                              : fz == fz_q4_0 ? fwl_q4_0 : fz == fz_q5_0 ? fwl_q5_0 : fz == fz_q8_0 ? fwl_q8_0 : NULL;
     if (fwl && (B == 1 || g_fw0_b2)) {

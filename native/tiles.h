@@ -27,21 +27,56 @@ static int tiles_pair_bytes(int qt) {
     return qt == ER_Q4_0 ? 576 : qt == ER_Q5_0 ? 704 : qt == ER_Q8_0 ? 1088 : 0;
 }
 
+/* Q4_K: per tile of 16 rows and super-block of 256 values, 2368 bytes (37 cache lines; the 16 blocks
+ * take 2304): 16 halves d, 16 halves dmin, the 8 six-bit sub-block scales as bytes (sub-block-major:
+ * 16 rows each), the 8 mins as byte pairs (pair t: mins 2t, 2t+1 of each row, for int16 madds), then
+ * the nibbles: per 64-value chunk c, eight vectors j whose dword `row` is bytes 32c+4j..+3 of that
+ * row's qs (low nibbles: values 64c+4j.., sub-block 2c; high: 64c+32+4j.., sub-block 2c+1). */
+#define ER_Q4K_TB 2368
+
 /* bytes of the tiles of an N x K matrix of type qt: 0 when it gets none (other types, an odd
  * number of blocks per row, under 16 rows, or no AVX-512 VNNI kernel on this CPU) */
 ER_API int64_t er_tiles_size(int qt, int N, int K) {
     if (g_isa < 0) detect_isa();
+    if (K <= 0 || N < 16 || g_isa_max < ISA_AVX512VNNI) return 0;
+    if (qt == ER_Q4_K) return K % 256 ? 0 : (int64_t)(N / 16) * (K / 256) * ER_Q4K_TB;
     const int pb = tiles_pair_bytes(qt);
-    if (!pb || K <= 0 || K % 64 || N < 16 || g_isa_max < ISA_AVX512VNNI) return 0;
+    if (!pb || K % 64) return 0;
     return (int64_t)(N / 16) * (K / 64) * pb;
 }
 
 /* Build the tiles of W (N rows of row_bytes) into out (er_tiles_size bytes). Returns 0 or -1. */
+static void tiles_make_q4k(const uint8_t *W, int64_t rb, int N, int K, uint8_t *out) {
+    const int nsb = K / 256;
+    for (int t = 0; t < N / 16; t++)
+        for (int i = 0; i < nsb; i++) {
+            uint8_t *o = out + ((size_t)t * nsb + i) * ER_Q4K_TB;
+            for (int r = 0; r < 16; r++) {
+                const uint8_t *blk = W + (size_t)(16 * t + r) * rb + (size_t)i * sizeof(block_q4_K);
+                const uint8_t *sc = blk + 4, *qs = blk + 16;
+                memcpy(o + 2 * r, blk, 2);
+                memcpy(o + 32 + 2 * r, blk + 2, 2);
+                for (int j = 0; j < 8; j++) {
+                    const uint8_t s6 = j < 4 ? sc[j] & 63 : (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+                    const uint8_t m6 = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+                    o[64 + 16 * j + r] = s6;
+                    o[192 + 32 * (j / 2) + 2 * r + (j & 1)] = m6;
+                }
+                for (int c = 0; c < 4; c++)
+                    for (int j = 0; j < 8; j++) memcpy(o + 320 + 512 * c + 64 * j + 4 * r, qs + 32 * c + 4 * j, 4);
+            }
+        }
+}
+
 ER_API int er_tiles_make(int qt, const void *Wv, int64_t rb, int N, int K, void *outv) {
     const int pb = tiles_pair_bytes(qt);
     if (!er_tiles_size(qt, N, K)) return -1;
     const uint8_t *W = Wv;
     uint8_t *out = outv;
+    if (qt == ER_Q4_K) {
+        tiles_make_q4k(W, rb, N, K, out);
+        return 0;
+    }
     const int nb = K / 32, bs = block_size(qt) == 32 ? (qt == ER_Q4_0 ? 18 : qt == ER_Q5_0 ? 22 : 34) : 0;
     if (!bs) return -1;
     for (int t = 0; t < N / 16; t++) {
@@ -199,6 +234,73 @@ T_V512 AI void tiles_b(const int qt, const uint8_t *T, int K, const int8_t *aq, 
         }
     }
     for (int r = 0; r < B; r++) _mm512_storeu_ps(y + (size_t)r * N + n0, facc[r]);
+}
+
+/* One Q4_K tile of 16 rows, B <= 8 activation rows in the K-quant format (int8 with one scale per
+ * 256, int16 sums per 16). Per sub-block and row: 8 VNNI instructions, then the scale d * sc of each
+ * lane times the activation scale; per super-block and row the mins: dmin * sum_s m_s * (activation
+ * sum of sub-block s), as four int16 madds of the lanes' min pairs with the sums' pairs. */
+T_V512 AI void tiles_q4k_b(const uint8_t *T, int K, const act_t *A, const int B, float *y, int N, int n0) {
+    const int nsb = K / 256;
+    const __m512i m0f = _mm512_set1_epi8(15);
+    __m512 facc[8];
+    for (int r = 0; r < B; r++) facc[r] = _mm512_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        const uint8_t *p = T + (size_t)i * ER_Q4K_TB;
+        for (int o = 0; o < ER_Q4K_TB; o += 64) _mm_prefetch((const char *)(p + 6 * ER_Q4K_TB + o), _MM_HINT_T1);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+        const __m512 dmv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)));
+        for (int s = 0; s < 8; s++) {
+            const __m512 scf =
+                _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 64 + 16 * s)))));
+            const int c = s / 2, hi = s & 1;
+            __m512i w[8];
+            for (int j = 0; j < 8; j++) {
+                const __m512i v = _mm512_loadu_si512(p + 320 + 512 * c + 64 * j);
+                w[j] = _mm512_and_si512(hi ? _mm512_srli_epi16(v, 4) : v, m0f);
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < B; r++) {
+                const int8_t *q = A->kq + (size_t)r * K + 256 * i + 64 * c + 32 * hi;
+                __m512i acc = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) {
+                    int32_t a4;
+                    memcpy(&a4, q + 4 * j, 4);
+                    acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(a4));
+                }
+                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(scf, _mm512_set1_ps(A->kd[(size_t)r * nsb + i])),
+                                          facc[r]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < B; r++) {
+            const int16_t *kb = A->kb + (size_t)r * (K / 16) + 16 * i;
+            __m512i macc = _mm512_setzero_si512();
+            for (int t = 0; t < 4; t++) {
+                const int s0 = kb[4 * t] + kb[4 * t + 1], s1 = kb[4 * t + 2] + kb[4 * t + 3];
+                const int32_t pair = (int32_t)((uint32_t)(uint16_t)s0 | ((uint32_t)(uint16_t)s1 << 16));
+                const __m512i mp = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 192 + 32 * t)));
+                macc = _mm512_dpwssd_epi32(macc, mp, _mm512_set1_epi32(pair));
+            }
+            facc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(macc), _mm512_mul_ps(dmv, _mm512_set1_ps(A->kd[(size_t)r * nsb + i])),
+                                       facc[r]);
+        }
+    }
+    for (int r = 0; r < B; r++) _mm512_storeu_ps(y + (size_t)r * N + n0, facc[r]);
+}
+
+T_V512 static void tiles_q4k(const uint8_t *T, int K, const act_t *A, int B, float *y, int N, int n0) {
+    switch (B) {
+    case 1: tiles_q4k_b(T, K, A, 1, y, N, n0); break;
+    case 2: tiles_q4k_b(T, K, A, 2, y, N, n0); break;
+    case 3: tiles_q4k_b(T, K, A, 3, y, N, n0); break;
+    case 4: tiles_q4k_b(T, K, A, 4, y, N, n0); break;
+    case 5: tiles_q4k_b(T, K, A, 5, y, N, n0); break;
+    case 6: tiles_q4k_b(T, K, A, 6, y, N, n0); break;
+    case 7: tiles_q4k_b(T, K, A, 7, y, N, n0); break;
+    default: tiles_q4k_b(T, K, A, 8, y, N, n0); break;
+    }
 }
 
 #define TILES_CASE(QT, B_) tiles_b(QT, T, K, aq, al, sq, B_, y, N, n0)

@@ -403,20 +403,22 @@ def test_multi_row_pass_kernels_match_row_kernels(qt: int) -> None:
         nv.set_threads(old_threads)
 
 
-@pytest.mark.parametrize("qt", [2, 6, 8])  # Q4_0, Q5_0, Q8_0
+@pytest.mark.parametrize("qt", [2, 6, 8, 12])  # Q4_0, Q5_0, Q8_0, Q4_K
 def test_batch_tiles_match_decoding_kernels(qt: int) -> None:
-    """Batch tiles (native/tiles.h): products equal the kernels that decode the rows (the 16-row
-    tiles bit for bit from 3 rows on), for row counts that leave a tail, 1-16 activation rows and
-    either thread count; the kernels really read the tiles (a scribbled copy changes the result);
-    matrices the tiles do not take (odd block count, under 16 rows) get none."""
-    if not nv.available() or nv.tiles_size(qt, 16, 64) == 0:
+    """Batch tiles (native/tiles.h): products equal the kernels that decode the rows (for the
+    legacy types the 16-row tiles' bit for bit from 3 rows on; Q4_K's sum in another order), for
+    row counts that leave a tail, 1-16 activation rows and either thread count, and the reference;
+    the kernels really read the tiles (a scribbled copy changes the result); matrices the tiles do
+    not take (odd block count, under 16 rows, other types) get none."""
+    kq = qt == 12
+    if not nv.available() or nv.tiles_size(qt, 16, 256) == 0:
         pytest.skip("no batch tiles on this CPU")
     rng = np.random.default_rng(500 + qt)
-    assert nv.tiles_size(qt, 16, 96) == 0 and nv.tiles_size(qt, 15, 64) == 0
-    assert nv.tiles_size(12, 64, 256) == 0  # Q4_K
+    assert nv.tiles_size(qt, 16, 96) == 0 and nv.tiles_size(qt, 15, 256) == 0
+    assert nv.tiles_size(14, 64, 256) == 0 and nv.tiles_size(3, 64, 256) == 0  # Q6_K, Q4_1
     old_threads, old_min = nv.get_threads(), nv.set_tiles_min_b(1)
     try:
-        for k, n in ((64, 16), (640, 40), (896, 304)):
+        for k, n in ((256, 16), (512, 40), (1536, 304)) if kq else ((64, 16), (640, 40), (896, 304)):
             w = make_weight(qt, n, k, rng)
             out = np.empty(nv.tiles_size(qt, n, k), np.uint8)
             before = nv.tiles_count()
@@ -431,14 +433,21 @@ def test_batch_tiles_match_decoding_kernels(qt: int) -> None:
                 nv.set_tiles(True)
                 got = nv.matmul(qt, w, x)
                 msg = f"K={k} N={n} B={b} threads={threads}"
-                if b >= 3:
+                if kq:
+                    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max(), err_msg=msg)
+                    if b == 3 and threads == 1:
+                        wf = ref_weight(qt, w, k).astype(np.float64)
+                        ref = quant_act(x, 256).astype(np.float64) @ wf.T
+                        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max(),
+                                                   err_msg=msg)
+                elif b >= 3:
                     np.testing.assert_array_equal(got, want, err_msg=msg)
                 else:
                     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max(), err_msg=msg)
             x = rng.standard_normal((4, k)).astype(np.float32)
             good = nv.matmul(qt, w, x)
             saved = out.copy()
-            out[:64] ^= 0x55  # the first pair's scales
+            out[:64] ^= 0x55  # the first pair's (Q4_K: super-block's) scales
             bad = nv.matmul(qt, w, x)
             assert not np.allclose(bad[:, :16], good[:, :16]), "the tiles were not read"
             np.testing.assert_array_equal(bad[:, 16:], good[:, 16:])

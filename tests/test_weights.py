@@ -87,12 +87,12 @@ def test_background_copy_swaps_in_between_steps(tmp_path, monkeypatch: pytest.Mo
     np.testing.assert_array_equal(first, second)
 
 
-@pytest.mark.parametrize("pin", ["0", "1"])
+@pytest.mark.parametrize(("pin", "qtype"), [("0", 8), ("1", 8), ("1", 12)])
 def test_batch_tiles_serve_batches_with_equal_outputs(tmp_path, monkeypatch: pytest.MonkeyPatch,
-                                                      pin: str) -> None:
+                                                      pin: str, qtype: int) -> None:
     """A runner with batch tiles registers them for the arrays it multiplies by (the huge-page
     copies when those are made, else the file mapping) and a batch of 4 sequences gives the same
-    logits as without them; the tiles go when the runner does."""
+    logits as without them (Q8_0: the same bits); the tiles go when the runner does."""
     from edgerun.backends import native
 
     if not native.available() or native.tiles_size(8, 16, 256) == 0:
@@ -100,7 +100,7 @@ def test_batch_tiles_serve_batches_with_equal_outputs(tmp_path, monkeypatch: pyt
     monkeypatch.setenv("EDGERUN_HUGEPAGES", pin)
     bench = bench_gpu_module()
     shape = bench.Shape("synth", "qwen2", 2, 256, 512, 4, 2, 300, qkv_bias=True, ctx=128)
-    path = bench.write_synthetic_gguf(tmp_path / "m.gguf", shape, qtype=8, seed=1, exact=True)
+    path = bench.write_synthetic_gguf(tmp_path / "m.gguf", shape, qtype=qtype, seed=1, exact=True)
     before = native.tiles_count()
     r = Runner(path, n_ctx=64, n_threads=2, backend="native", batch_tiles=True, num_blocks=16)
     r.wait_pinned(60)
@@ -116,8 +116,8 @@ def test_batch_tiles_serve_batches_with_equal_outputs(tmp_path, monkeypatch: pyt
     finally:
         native.set_tiles(True)
     got = r.forward(step)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_array_equal(g, w)
+    for g, w in zip(got, want, strict=True):  # Q4_K's tiles sum in another order
+        np.testing.assert_allclose(g, w, rtol=0, atol=0 if qtype == 8 else 1e-4 * np.abs(w).max())
     del r, got, want, seqs, step
     import gc
 
