@@ -1,4 +1,5 @@
-/* Batch tiles: a second copy of a Q4_0 / Q5_0 / Q8_0 matrix, laid out for the small-batch kernel.
+/* Batch tiles: a second copy of a Q4_0 / Q5_0 / Q8_0 / Q4_K / Q6_K matrix, laid out for the
+ * small-batch kernels (the K-quant layouts are described at ER_Q4K_TB and ER_Q6K_TB).
  *
  * tile16.h decodes the on-disk rows at every use: per 16 rows x 32 values it gathers the 16 scales
  * (and Q5_0's 16 high-bit words) and transposes 16 row pieces. On the 0.5B at 8 sequences those
@@ -34,12 +35,20 @@ static int tiles_pair_bytes(int qt) {
  * row's qs (low nibbles: values 64c+4j.., sub-block 2c; high: 64c+32+4j.., sub-block 2c+1). */
 #define ER_Q4K_TB 2368
 
+/* Q6_K: per tile and super-block 3360 bytes (the 16 blocks' size): 16 halves d, the 16 int8
+ * sub-block scales (sub-block-major: 16 rows each), then per vector v < 64 (values 4v..4v+3 of
+ * each row, dword = row) two 64-bit lane masks (bit 4 and bit 5 of the 6-bit values), then 32
+ * nibble vectors: k holds vector k's low four bits in its low nibbles and vector k + 32's in its
+ * high ones. Values enter as u = q + 32 (0..63). */
+#define ER_Q6K_TB 3360
+
 /* bytes of the tiles of an N x K matrix of type qt: 0 when it gets none (other types, an odd
  * number of blocks per row, under 16 rows, or no AVX-512 VNNI kernel on this CPU) */
 ER_API int64_t er_tiles_size(int qt, int N, int K) {
     if (g_isa < 0) detect_isa();
     if (K <= 0 || N < 16 || g_isa_max < ISA_AVX512VNNI) return 0;
     if (qt == ER_Q4_K) return K % 256 ? 0 : (int64_t)(N / 16) * (K / 256) * ER_Q4K_TB;
+    if (qt == ER_Q6_K) return K % 256 ? 0 : (int64_t)(N / 16) * (K / 256) * ER_Q6K_TB;
     const int pb = tiles_pair_bytes(qt);
     if (!pb || K % 64) return 0;
     return (int64_t)(N / 16) * (K / 64) * pb;
@@ -68,13 +77,44 @@ static void tiles_make_q4k(const uint8_t *W, int64_t rb, int N, int K, uint8_t *
         }
 }
 
+static void tiles_make_q6k(const uint8_t *W, int64_t rb, int N, int K, uint8_t *out) {
+    const int nsb = K / 256;
+    for (int t = 0; t < N / 16; t++)
+        for (int i = 0; i < nsb; i++) {
+            uint8_t *o = out + ((size_t)t * nsb + i) * ER_Q6K_TB;
+            memset(o, 0, ER_Q6K_TB);
+            for (int r = 0; r < 16; r++) {
+                const block_q6_K *bk = (const block_q6_K *)(W + (size_t)(16 * t + r) * rb) + i;
+                uint8_t u[256];
+                for (int h = 0; h < 2; h++) /* the 6-bit values, q + 32, in order */
+                    for (int l = 0; l < 32; l++) {
+                        const uint8_t *ql = bk->ql + 64 * h, *qh = bk->qh + 32 * h;
+                        u[128 * h + l] = (uint8_t)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
+                        u[128 * h + l + 32] = (uint8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+                        u[128 * h + l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+                        u[128 * h + l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+                    }
+                memcpy(o + 2 * r, &bk->d, 2);
+                for (int sb = 0; sb < 16; sb++) o[32 + 16 * sb + r] = (uint8_t)bk->scales[sb];
+                for (int v = 0; v < 64; v++)
+                    for (int e = 0; e < 4; e++) {
+                        const int val = u[4 * v + e], bit = 4 * r + e;
+                        uint8_t *m = o + 288 + 16 * v;
+                        if (val & 16) m[bit / 8] |= (uint8_t)(1u << (bit % 8));
+                        if (val & 32) m[8 + bit / 8] |= (uint8_t)(1u << (bit % 8));
+                        o[1312 + 64 * (v % 32) + 4 * r + e] |= (uint8_t)((val & 15) << (v < 32 ? 0 : 4));
+                    }
+            }
+        }
+}
+
 ER_API int er_tiles_make(int qt, const void *Wv, int64_t rb, int N, int K, void *outv) {
     const int pb = tiles_pair_bytes(qt);
     if (!er_tiles_size(qt, N, K)) return -1;
     const uint8_t *W = Wv;
     uint8_t *out = outv;
-    if (qt == ER_Q4_K) {
-        tiles_make_q4k(W, rb, N, K, out);
+    if (qt == ER_Q4_K || qt == ER_Q6_K) {
+        (qt == ER_Q4_K ? tiles_make_q4k : tiles_make_q6k)(W, rb, N, K, out);
         return 0;
     }
     const int nb = K / 32, bs = block_size(qt) == 32 ? (qt == ER_Q4_0 ? 18 : qt == ER_Q5_0 ? 22 : 34) : 0;
@@ -288,6 +328,66 @@ T_V512 AI void tiles_q4k_b(const uint8_t *T, int K, const act_t *A, const int B,
         }
     }
     for (int r = 0; r < B; r++) _mm512_storeu_ps(y + (size_t)r * N + n0, facc[r]);
+}
+
+/* One Q6_K tile of 16 rows, B <= 8 activation rows (K-quant format). Per 16-value sub-block and row:
+ * the accumulator starts at -32 * (the activation sum of the sub-block), takes 4 VNNI instructions,
+ * then is multiplied by the lanes' int8 scales into the super-block's integer sum; per super-block
+ * and row one conversion and one multiply-add with d times the activation scale. */
+T_V512 AI void tiles_q6k_b(const uint8_t *T, int K, const act_t *A, const int B, float *y, int N, int n0) {
+    const int nsb = K / 256;
+    const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16), h32 = _mm512_set1_epi8(32);
+    __m512 facc[8];
+    for (int r = 0; r < B; r++) facc[r] = _mm512_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        const uint8_t *p = T + (size_t)i * ER_Q6K_TB;
+        for (int o = 0; o < ER_Q6K_TB; o += 64) _mm_prefetch((const char *)(p + 4 * ER_Q6K_TB + o), _MM_HINT_T1);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+        __m512i isum[8];
+        for (int r = 0; r < B; r++) isum[r] = _mm512_setzero_si512();
+        for (int sb = 0; sb < 16; sb++) {
+            const __m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 32 + 16 * sb)));
+            __m512i w[4];
+            for (int j = 0; j < 4; j++) {
+                const int v = 4 * sb + j;
+                const __m512i nb = _mm512_loadu_si512(p + 1312 + 64 * (v % 32));
+                __m512i x = _mm512_and_si512(v < 32 ? nb : _mm512_srli_epi16(nb, 4), m0f);
+                uint64_t m4, m5;
+                memcpy(&m4, p + 288 + 16 * v, 8);
+                memcpy(&m5, p + 288 + 16 * v + 8, 8);
+                x = _mm512_mask_add_epi8(x, (__mmask64)m4, x, h16);
+                w[j] = _mm512_mask_add_epi8(x, (__mmask64)m5, x, h32);
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < B; r++) {
+                const int8_t *q = A->kq + (size_t)r * K + 256 * i + 16 * sb;
+                __m512i acc = _mm512_set1_epi32(-32 * A->kb[(size_t)r * (K / 16) + 16 * i + sb]);
+                for (int j = 0; j < 4; j++) {
+                    int32_t a4;
+                    memcpy(&a4, q + 4 * j, 4);
+                    acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(a4));
+                }
+                isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(acc, sc));
+            }
+        }
+        for (int r = 0; r < B; r++)
+            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_mul_ps(dv, _mm512_set1_ps(A->kd[(size_t)r * nsb + i])),
+                                      facc[r]);
+    }
+    for (int r = 0; r < B; r++) _mm512_storeu_ps(y + (size_t)r * N + n0, facc[r]);
+}
+
+T_V512 static void tiles_q6k(const uint8_t *T, int K, const act_t *A, int B, float *y, int N, int n0) {
+    switch (B) {
+    case 1: tiles_q6k_b(T, K, A, 1, y, N, n0); break;
+    case 2: tiles_q6k_b(T, K, A, 2, y, N, n0); break;
+    case 3: tiles_q6k_b(T, K, A, 3, y, N, n0); break;
+    case 4: tiles_q6k_b(T, K, A, 4, y, N, n0); break;
+    case 5: tiles_q6k_b(T, K, A, 5, y, N, n0); break;
+    case 6: tiles_q6k_b(T, K, A, 6, y, N, n0); break;
+    case 7: tiles_q6k_b(T, K, A, 7, y, N, n0); break;
+    default: tiles_q6k_b(T, K, A, 8, y, N, n0); break;
+    }
 }
 
 T_V512 static void tiles_q4k(const uint8_t *T, int K, const act_t *A, int B, float *y, int N, int n0) {

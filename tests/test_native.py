@@ -403,19 +403,19 @@ def test_multi_row_pass_kernels_match_row_kernels(qt: int) -> None:
         nv.set_threads(old_threads)
 
 
-@pytest.mark.parametrize("qt", [2, 6, 8, 12])  # Q4_0, Q5_0, Q8_0, Q4_K
+@pytest.mark.parametrize("qt", [2, 6, 8, 12, 14])  # Q4_0, Q5_0, Q8_0, Q4_K, Q6_K
 def test_batch_tiles_match_decoding_kernels(qt: int) -> None:
     """Batch tiles (native/tiles.h): products equal the kernels that decode the rows (for the
-    legacy types the 16-row tiles' bit for bit from 3 rows on; Q4_K's sum in another order), for
+    legacy types the 16-row tiles' bit for bit from 3 rows on; the K-quants' sum in another order), for
     row counts that leave a tail, 1-16 activation rows and either thread count, and the reference;
     the kernels really read the tiles (a scribbled copy changes the result); matrices the tiles do
     not take (odd block count, under 16 rows, other types) get none."""
-    kq = qt == 12
+    kq = qt in (12, 14)
     if not nv.available() or nv.tiles_size(qt, 16, 256) == 0:
         pytest.skip("no batch tiles on this CPU")
     rng = np.random.default_rng(500 + qt)
     assert nv.tiles_size(qt, 16, 96) == 0 and nv.tiles_size(qt, 15, 256) == 0
-    assert nv.tiles_size(14, 64, 256) == 0 and nv.tiles_size(3, 64, 256) == 0  # Q6_K, Q4_1
+    assert nv.tiles_size(13, 64, 256) == 0 and nv.tiles_size(3, 64, 256) == 0  # Q5_K, Q4_1
     old_threads, old_min = nv.get_threads(), nv.set_tiles_min_b(1)
     try:
         for k, n in ((256, 16), (512, 40), (1536, 304)) if kq else ((64, 16), (640, 40), (896, 304)):

@@ -87,7 +87,7 @@ def test_background_copy_swaps_in_between_steps(tmp_path, monkeypatch: pytest.Mo
     np.testing.assert_array_equal(first, second)
 
 
-@pytest.mark.parametrize(("pin", "qtype"), [("0", 8), ("1", 8), ("1", 12)])
+@pytest.mark.parametrize(("pin", "qtype"), [("0", 8), ("1", 8), ("1", 12), ("1", 14)])
 def test_batch_tiles_serve_batches_with_equal_outputs(tmp_path, monkeypatch: pytest.MonkeyPatch,
                                                       pin: str, qtype: int) -> None:
     """A runner with batch tiles registers them for the arrays it multiplies by (the huge-page
@@ -116,7 +116,7 @@ def test_batch_tiles_serve_batches_with_equal_outputs(tmp_path, monkeypatch: pyt
     finally:
         native.set_tiles(True)
     got = r.forward(step)
-    for g, w in zip(got, want, strict=True):  # Q4_K's tiles sum in another order
+    for g, w in zip(got, want, strict=True):  # the K-quants' tiles sum in another order
         np.testing.assert_allclose(g, w, rtol=0, atol=0 if qtype == 8 else 1e-4 * np.abs(w).max())
     del r, got, want, seqs, step
     import gc

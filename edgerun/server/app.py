@@ -391,8 +391,8 @@ def register(sub: Any) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     p.add_argument("--max-batch-tokens", type=int, default=512, help="token budget per engine step")
     p.add_argument("--no-batch-tiles", action="store_true",
-                   help="skip the second, batch-friendly copy of the Q4_0/Q5_0/Q8_0 matrices (saves their "
-                        "size in memory; batches of 2+ sequences run slower)")
+                   help="skip the second, batch-friendly copy of the Q4_0/Q5_0/Q8_0/Q4_K/Q6_K matrices "
+                        "(saves their size in memory; batches of 2+ sequences run slower)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the runner")
     p.add_argument("--kv-blocks", type=int, default=None,
                    help="KV cache blocks of 16 tokens (default: two full contexts)")

@@ -163,7 +163,7 @@ class Metrics:
         lines += _scalar("counter", f"{p}_num_preemptions_total", "Sequences preempted for KV space.",
                          float(stats.get("preemptions", 0)))
         lines += _scalar("gauge", f"{p}_batch_tiles_bytes",
-                         "Memory of the batch-friendly copy of the Q4_0/Q5_0/Q8_0 weights (0: none).",
+                         "Memory of the batch-friendly copy of the weights (0: none).",
                          float(stats.get("batch_tiles_bytes", 0)))
         if model_name:
             lines += _scalar("gauge", f"{p}_model_info", "The served model.",
