@@ -2017,8 +2017,8 @@ static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, 
                     Ab.kq += (size_t)b0 * K;
                     Ab.kd += (size_t)b0 * (K / 256);
                     Ab.kb += (size_t)b0 * (K / 16);
-                    (q6 ? tiles_q6k : tiles_q4k)(T + (size_t)(n0 / 16) * tb, K, &Ab, B - b0 < 8 ? B - b0 : 8,
-                                                  y + (size_t)b0 * N, N, n0);
+                    tiles_kquant(q6, T + (size_t)(n0 / 16) * tb, K, &Ab, B - b0 < 8 ? B - b0 : 8, y + (size_t)b0 * N,
+                                 N, n0);
                 }
             if (n0 >= n1) return;
         }

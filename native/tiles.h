@@ -377,31 +377,19 @@ T_V512 AI void tiles_q6k_b(const uint8_t *T, int K, const act_t *A, const int B,
     for (int r = 0; r < B; r++) _mm512_storeu_ps(y + (size_t)r * N + n0, facc[r]);
 }
 
-T_V512 static void tiles_q6k(const uint8_t *T, int K, const act_t *A, int B, float *y, int N, int n0) {
-    switch (B) {
-    case 1: tiles_q6k_b(T, K, A, 1, y, N, n0); break;
-    case 2: tiles_q6k_b(T, K, A, 2, y, N, n0); break;
-    case 3: tiles_q6k_b(T, K, A, 3, y, N, n0); break;
-    case 4: tiles_q6k_b(T, K, A, 4, y, N, n0); break;
-    case 5: tiles_q6k_b(T, K, A, 5, y, N, n0); break;
-    case 6: tiles_q6k_b(T, K, A, 6, y, N, n0); break;
-    case 7: tiles_q6k_b(T, K, A, 7, y, N, n0); break;
-    default: tiles_q6k_b(T, K, A, 8, y, N, n0); break;
+/* the K-quant tiles with B as a constant (accumulators in registers) */
+#define TILES_KQ(F)                                                                                        \
+    switch (B) {                                                                                           \
+    case 1: F(T, K, A, 1, y, N, n0); break; case 2: F(T, K, A, 2, y, N, n0); break;                         \
+    case 3: F(T, K, A, 3, y, N, n0); break; case 4: F(T, K, A, 4, y, N, n0); break;                         \
+    case 5: F(T, K, A, 5, y, N, n0); break; case 6: F(T, K, A, 6, y, N, n0); break;                         \
+    case 7: F(T, K, A, 7, y, N, n0); break; default: F(T, K, A, 8, y, N, n0); break;                        \
     }
+T_V512 static void tiles_kquant(int q6, const uint8_t *T, int K, const act_t *A, int B, float *y, int N, int n0) {
+    if (q6) { TILES_KQ(tiles_q6k_b) }
+    else { TILES_KQ(tiles_q4k_b) }
 }
-
-T_V512 static void tiles_q4k(const uint8_t *T, int K, const act_t *A, int B, float *y, int N, int n0) {
-    switch (B) {
-    case 1: tiles_q4k_b(T, K, A, 1, y, N, n0); break;
-    case 2: tiles_q4k_b(T, K, A, 2, y, N, n0); break;
-    case 3: tiles_q4k_b(T, K, A, 3, y, N, n0); break;
-    case 4: tiles_q4k_b(T, K, A, 4, y, N, n0); break;
-    case 5: tiles_q4k_b(T, K, A, 5, y, N, n0); break;
-    case 6: tiles_q4k_b(T, K, A, 6, y, N, n0); break;
-    case 7: tiles_q4k_b(T, K, A, 7, y, N, n0); break;
-    default: tiles_q4k_b(T, K, A, 8, y, N, n0); break;
-    }
-}
+#undef TILES_KQ
 
 #define TILES_CASE(QT, B_) tiles_b(QT, T, K, aq, al, sq, B_, y, N, n0)
 #define TILES_SW(QT)                                                                                       \
