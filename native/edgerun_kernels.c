@@ -1987,42 +1987,22 @@ static int wants_kact(int qt, int B) { return is_kquant(qt) && use_fused(qt, B);
 static void fused_rows(fused_fn fz, const uint8_t *W, int64_t row_bytes, int N, int K, const act_t *A, int B,
                        float *y, int n0, int n1) {
 #ifdef ER_X86
+    /* batch tiles (tiles.h) when this matrix has them. Q6_K's from one row more: at 2 rows they ran
+     * slower than the row kernels (1536 x 8960: 445 against 381 us), at 4 and 8 faster (410 against
+     * 545, 610 against 900) */
+    const int tqt = fz == fz_q4_0 ? ER_Q4_0 : fz == fz_q5_0 ? ER_Q5_0 : fz == fz_q8_0 ? ER_Q8_0
+                    : fz == fz_q4_k ? ER_Q4_K : fz == fz_q6_k ? ER_Q6_K : -1;
+    if (tqt >= 0 && B >= g_tiles_min_b + (tqt == ER_Q6_K) && g_isa >= ISA_AVX512VNNI && n0 % 16 == 0) {
+        const uint8_t *T = tiles_find(W, tqt, N, K, row_bytes);
+        if (T) {
+            const size_t tb = (size_t)er_tiles_size(tqt, 16, K); /* one tile's bytes */
+            for (; n0 + 16 <= n1; n0 += 16) tiles_tile(tqt, T + (size_t)(n0 / 16) * tb, K, A, B, y, N, n0);
+            if (n0 >= n1) return;
+        }
+    }
     /* legacy types, 1 or 2 activation rows: several weight rows per pass for short rows only; a long
      * row alone runs faster on the row kernel, which keeps two accumulator sets (Q4_0 896x4864:
      * 97 vs 110 us) */
-    if (B >= g_tiles_min_b && g_isa >= ISA_AVX512VNNI && n0 % 16 == 0 &&
-        (fz == fz_q4_0 || fz == fz_q5_0 || fz == fz_q8_0)) {
-        const int qt = fz == fz_q4_0 ? ER_Q4_0 : fz == fz_q5_0 ? ER_Q5_0 : ER_Q8_0;
-        const uint8_t *T = tiles_find(W, qt, N, K, row_bytes);
-        if (T) {
-            const size_t tb = (size_t)(K / 64) * tiles_pair_bytes(qt);
-            for (; n0 + 16 <= n1; n0 += 16)
-                for (int b0 = 0; b0 < B; b0 += 8)
-                    tiles_kernel(qt, T + (size_t)(n0 / 16) * tb, K, A->q + (size_t)b0 * K, A->l + (size_t)b0 * K / 4,
-                                 A->sq + (size_t)b0 * (K / 32), B - b0 < 8 ? B - b0 : 8, y + (size_t)b0 * N, N, n0);
-            if (n0 >= n1) return;
-        }
-    }
-    /* Q6_K tiles from one row more: at 2 rows they ran slower than the row kernels (1536 x 8960: 445
-     * against 381 us), at 4 and 8 faster (410 against 545, 610 against 900) */
-    if (B >= g_tiles_min_b + (fz == fz_q6_k) && g_isa >= ISA_AVX512VNNI && n0 % 16 == 0 &&
-        (fz == fz_q4_k || fz == fz_q6_k)) {
-        const int q6 = fz == fz_q6_k;
-        const uint8_t *T = tiles_find(W, q6 ? ER_Q6_K : ER_Q4_K, N, K, row_bytes);
-        if (T) {
-            const size_t tb = (size_t)(K / 256) * (q6 ? ER_Q6K_TB : ER_Q4K_TB);
-            for (; n0 + 16 <= n1; n0 += 16)
-                for (int b0 = 0; b0 < B; b0 += 8) {
-                    act_t Ab = *A;
-                    Ab.kq += (size_t)b0 * K;
-                    Ab.kd += (size_t)b0 * (K / 256);
-                    Ab.kb += (size_t)b0 * (K / 16);
-                    tiles_kquant(q6, T + (size_t)(n0 / 16) * tb, K, &Ab, B - b0 < 8 ? B - b0 : 8, y + (size_t)b0 * N,
-                                 N, n0);
-                }
-            if (n0 >= n1) return;
-        }
-    }
     const fw_legacy_fn fwl = B > 2 || !g_fw0 || K >= 4096 || g_isa < ISA_AVX512VNNI ? NULL
                              : fz == fz_q4_0 ? fwl_q4_0 : fz == fz_q5_0 ? fwl_q5_0 : fz == fz_q8_0 ? fwl_q8_0 : NULL;
     if (fwl && (B == 1 || g_fw0_b2)) {

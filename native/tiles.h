@@ -280,7 +280,8 @@ T_V512 AI void tiles_b(const int qt, const uint8_t *T, int K, const int8_t *aq, 
  * 256, int16 sums per 16). Per sub-block and row: 8 VNNI instructions, then the scale d * sc of each
  * lane times the activation scale; per super-block and row the mins: dmin * sum_s m_s * (activation
  * sum of sub-block s), as four int16 madds of the lanes' min pairs with the sums' pairs. */
-T_V512 AI void tiles_q4k_b(const uint8_t *T, int K, const act_t *A, const int B, float *y, int N, int n0) {
+T_V512 AI void tiles_q4k_b(const uint8_t *T, int K, const int8_t *kq, const float *kd, const int16_t *kb0, const int B,
+                            float *y, int N, int n0) {
     const int nsb = K / 256;
     const __m512i m0f = _mm512_set1_epi8(15);
     __m512 facc[8];
@@ -301,7 +302,7 @@ T_V512 AI void tiles_q4k_b(const uint8_t *T, int K, const act_t *A, const int B,
             }
 #pragma GCC unroll 8
             for (int r = 0; r < B; r++) {
-                const int8_t *q = A->kq + (size_t)r * K + 256 * i + 64 * c + 32 * hi;
+                const int8_t *q = kq + (size_t)r * K + 256 * i + 64 * c + 32 * hi;
                 __m512i acc = _mm512_setzero_si512();
 #pragma GCC unroll 8
                 for (int j = 0; j < 8; j++) {
@@ -309,13 +310,13 @@ T_V512 AI void tiles_q4k_b(const uint8_t *T, int K, const act_t *A, const int B,
                     memcpy(&a4, q + 4 * j, 4);
                     acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(a4));
                 }
-                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(scf, _mm512_set1_ps(A->kd[(size_t)r * nsb + i])),
+                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(scf, _mm512_set1_ps(kd[(size_t)r * nsb + i])),
                                           facc[r]);
             }
         }
 #pragma GCC unroll 8
         for (int r = 0; r < B; r++) {
-            const int16_t *kb = A->kb + (size_t)r * (K / 16) + 16 * i;
+            const int16_t *kb = kb0 + (size_t)r * (K / 16) + 16 * i;
             __m512i macc = _mm512_setzero_si512();
             for (int t = 0; t < 4; t++) {
                 const int s0 = kb[4 * t] + kb[4 * t + 1], s1 = kb[4 * t + 2] + kb[4 * t + 3];
@@ -323,7 +324,7 @@ T_V512 AI void tiles_q4k_b(const uint8_t *T, int K, const act_t *A, const int B,
                 const __m512i mp = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 192 + 32 * t)));
                 macc = _mm512_dpwssd_epi32(macc, mp, _mm512_set1_epi32(pair));
             }
-            facc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(macc), _mm512_mul_ps(dmv, _mm512_set1_ps(A->kd[(size_t)r * nsb + i])),
+            facc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(macc), _mm512_mul_ps(dmv, _mm512_set1_ps(kd[(size_t)r * nsb + i])),
                                        facc[r]);
         }
     }
@@ -334,7 +335,8 @@ T_V512 AI void tiles_q4k_b(const uint8_t *T, int K, const act_t *A, const int B,
  * the accumulator starts at -32 * (the activation sum of the sub-block), takes 4 VNNI instructions,
  * then is multiplied by the lanes' int8 scales into the super-block's integer sum; per super-block
  * and row one conversion and one multiply-add with d times the activation scale. */
-T_V512 AI void tiles_q6k_b(const uint8_t *T, int K, const act_t *A, const int B, float *y, int N, int n0) {
+T_V512 AI void tiles_q6k_b(const uint8_t *T, int K, const int8_t *kq, const float *kd, const int16_t *kb0, const int B,
+                            float *y, int N, int n0) {
     const int nsb = K / 256;
     const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16), h32 = _mm512_set1_epi8(32);
     __m512 facc[8];
@@ -360,8 +362,8 @@ T_V512 AI void tiles_q6k_b(const uint8_t *T, int K, const act_t *A, const int B,
             }
 #pragma GCC unroll 8
             for (int r = 0; r < B; r++) {
-                const int8_t *q = A->kq + (size_t)r * K + 256 * i + 16 * sb;
-                __m512i acc = _mm512_set1_epi32(-32 * A->kb[(size_t)r * (K / 16) + 16 * i + sb]);
+                const int8_t *q = kq + (size_t)r * K + 256 * i + 16 * sb;
+                __m512i acc = _mm512_set1_epi32(-32 * kb0[(size_t)r * (K / 16) + 16 * i + sb]);
                 for (int j = 0; j < 4; j++) {
                     int32_t a4;
                     memcpy(&a4, q + 4 * j, 4);
@@ -371,7 +373,7 @@ T_V512 AI void tiles_q6k_b(const uint8_t *T, int K, const act_t *A, const int B,
             }
         }
         for (int r = 0; r < B; r++)
-            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_mul_ps(dv, _mm512_set1_ps(A->kd[(size_t)r * nsb + i])),
+            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_mul_ps(dv, _mm512_set1_ps(kd[(size_t)r * nsb + i])),
                                       facc[r]);
     }
     for (int r = 0; r < B; r++) _mm512_storeu_ps(y + (size_t)r * N + n0, facc[r]);
@@ -380,12 +382,13 @@ T_V512 AI void tiles_q6k_b(const uint8_t *T, int K, const act_t *A, const int B,
 /* the K-quant tiles with B as a constant (accumulators in registers) */
 #define TILES_KQ(F)                                                                                        \
     switch (B) {                                                                                           \
-    case 1: F(T, K, A, 1, y, N, n0); break; case 2: F(T, K, A, 2, y, N, n0); break;                         \
-    case 3: F(T, K, A, 3, y, N, n0); break; case 4: F(T, K, A, 4, y, N, n0); break;                         \
-    case 5: F(T, K, A, 5, y, N, n0); break; case 6: F(T, K, A, 6, y, N, n0); break;                         \
-    case 7: F(T, K, A, 7, y, N, n0); break; default: F(T, K, A, 8, y, N, n0); break;                        \
+    case 1: F(T, K, kq, kd, kb, 1, y, N, n0); break; case 2: F(T, K, kq, kd, kb, 2, y, N, n0); break;       \
+    case 3: F(T, K, kq, kd, kb, 3, y, N, n0); break; case 4: F(T, K, kq, kd, kb, 4, y, N, n0); break;       \
+    case 5: F(T, K, kq, kd, kb, 5, y, N, n0); break; case 6: F(T, K, kq, kd, kb, 6, y, N, n0); break;       \
+    case 7: F(T, K, kq, kd, kb, 7, y, N, n0); break; default: F(T, K, kq, kd, kb, 8, y, N, n0); break;      \
     }
-T_V512 static void tiles_kquant(int q6, const uint8_t *T, int K, const act_t *A, int B, float *y, int N, int n0) {
+T_V512 static void tiles_kquant(int q6, const uint8_t *T, int K, const int8_t *kq, const float *kd, const int16_t *kb,
+                                int B, float *y, int N, int n0) {
     if (q6) { TILES_KQ(tiles_q6k_b) }
     else { TILES_KQ(tiles_q4k_b) }
 }
@@ -406,4 +409,19 @@ T_V512 static void tiles_kernel(int qt, const uint8_t *T, int K, const int8_t *a
 }
 #undef TILES_SW
 #undef TILES_CASE
+
+/* One tile of 16 rows (T: its tiles) against the B activation rows of A, 8 rows a pass:
+ * y[r * N + n0 + i]. A holds the K-quant format for Q4_K / Q6_K, the per-32 one otherwise. */
+T_V512 static void tiles_tile(int qt, const uint8_t *T, int K, const act_t *A, int B, float *y, int N, int n0) {
+    for (int b0 = 0; b0 < B; b0 += 8) {
+        const int nr = B - b0 < 8 ? B - b0 : 8;
+        float *yb = y + (size_t)b0 * N;
+        if (qt == ER_Q4_K || qt == ER_Q6_K)
+            tiles_kquant(qt == ER_Q6_K, T, K, A->kq + (size_t)b0 * K, A->kd + (size_t)b0 * (K / 256),
+                         A->kb + (size_t)b0 * (K / 16), nr, yb, N, n0);
+        else
+            tiles_kernel(qt, T, K, A->q + (size_t)b0 * K, A->l + (size_t)b0 * K / 4, A->sq + (size_t)b0 * (K / 32), nr,
+                         yb, N, n0);
+    }
+}
 #endif

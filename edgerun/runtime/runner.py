@@ -52,8 +52,8 @@ class Runner:
         self.args = self.model.args
         # the huge-page copy runs in the background and is swapped in between steps (_swap_pinned)
         self.pinned_bytes = 0
-        # batch_tiles: the serving engine's batches read a second, tiled copy of the legacy-type
-        # matrices (runtime/weights.py build_tiles), made by the same background job
+        # batch_tiles: the serving engine's batches read a second, tiled copy of the matrices
+        # (runtime/weights.py build_tiles), made by the same background job
         tiles = batch_tiles and getattr(self.backend, "name", "") == "native"
         pin = self.pin_weights_at_init
         self._pin_job = (PinJob(self.model.tensors(), background=True, tiles=tiles, pin=pin)

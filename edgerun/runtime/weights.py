@@ -57,6 +57,20 @@ def hugepages_wanted(total_bytes: int) -> bool:
     return 2 * total_bytes <= _available_bytes()
 
 
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _huge_buffer(nbytes: int) -> tuple[np.ndarray, int]:
+    """A new anonymous mapping advised ``MADV_HUGEPAGE`` as bytes, and the offset of its first 2 MiB
+    boundary (``nbytes`` fit after it). Raises OSError or ValueError when no mapping can be made."""
+    mm = mmap.mmap(-1, nbytes + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    buf = np.frombuffer(mm, np.uint8)
+    return buf, (-buf.ctypes.data) % HUGE
+
+
 class PinJob:
     """A copy of tensors' data into one huge-page mapping, made now or by a background thread.
 
@@ -76,7 +90,7 @@ class PinJob:
         for t in tensors:
             uniq.setdefault(id(t), t)
         self._todo = [t for t in uniq.values() if isinstance(t.data, np.ndarray) and t.data.nbytes > 0]
-        self._sizes = [-(-t.data.nbytes // _ALIGN) * _ALIGN for t in self._todo]
+        self._sizes = [_aligned(t.data.nbytes) for t in self._todo]
         self.total = sum(self._sizes)
         self.tile_bytes = 0
         self._pairs: list[tuple[QTensor, np.ndarray]] = []
@@ -110,10 +124,7 @@ class PinJob:
 
     def _copy(self) -> None:
         try:
-            mm = mmap.mmap(-1, self.total + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            mm.madvise(mmap.MADV_HUGEPAGE)
-            buf = np.frombuffer(mm, np.uint8)
-            off = (-buf.ctypes.data) % HUGE
+            buf, off = _huge_buffer(self.total)
             pairs = []
             for t, size in zip(self._todo, self._sizes, strict=True):
                 src = t.data
@@ -149,8 +160,8 @@ def build_tiles(pairs: Iterable[tuple[QTensor, np.ndarray]]) -> int:
 
     The tiles are a second, batch-friendly copy of the Q4_0 / Q5_0 / Q8_0 / Q4_K / Q6_K matrices:
     the native kernels read them for 2+ sequences a step (Q6_K: 3+). 8-sequence steps: 0.5B 35.8
-    -> 24.5 ms, 1.5B 122.9 -> 68.9 ms. They live in one huge-page mapping and are registered for as long
-    as their array lives. Skipped, returning 0, without the native kernels or when the copy
+    -> 24.5 ms, 1.5B 122.9 -> 68.9 ms. They live in one huge-page mapping and are registered for
+    as long as their array lives. Skipped, returning 0, without the native kernels or when the copy
     would take more than half of the memory available. Returns the bytes of tiles made."""
     from edgerun.backends import native
 
@@ -161,18 +172,14 @@ def build_tiles(pairs: Iterable[tuple[QTensor, np.ndarray]]) -> int:
         size = native.tiles_size(t.qtype, t.n, t.k) if isinstance(arr, np.ndarray) else 0
         if size and id(arr) not in seen:
             seen.add(id(arr))
-            todo.append((t, arr, -(-size // _ALIGN) * _ALIGN, size))
+            todo.append((t, arr, _aligned(size), size))
     total = sum(s for _, _, s, _ in todo)
     if not total or 2 * total > _available_bytes():
         return 0
     try:
-        mm = mmap.mmap(-1, total + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            mm.madvise(mmap.MADV_HUGEPAGE)
+        buf, off = _huge_buffer(total)
     except (OSError, ValueError):  # no mapping: batches decode the rows as before
         return 0
-    buf = np.frombuffer(mm, np.uint8)
-    off = (-buf.ctypes.data) % HUGE
     made = 0
     for t, arr, span, size in todo:
         made += native.add_tiles(t.qtype, arr, t.k, buf[off:off + size])
