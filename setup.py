@@ -22,7 +22,7 @@ setup(
         Extension(
             "edgerun._native",
             sources=["native/edgerun_kernels.c", "native/module.c"],
-            depends=["native/blocks.h", "native/attn_block.h", "native/tile16.h", "native/tiles.h"],
+            depends=["native/include/edgerun.h", "native/blocks.h", "native/attn_block.h", "native/tile16.h", "native/tiles.h"],
             include_dirs=["native"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "blocks.h"
+#include "include/edgerun.h"
 
 /* Batches up to this size use the register-blocked small-batch kernels; larger ones the GEMM. */
 #ifndef ER_FUSED_MAX_B
@@ -47,6 +48,19 @@
 
 #define ER_API __attribute__((visibility("default")))
 #define AI static inline __attribute__((always_inline))
+
+ER_API int er_abi_version(void) { return ER_ABI_VERSION; }
+
+ER_API const char *er_status_str(int status) {
+    switch (status) {
+    case ER_OK: return "ok";
+    case ER_E_UNSUPPORTED: return "unsupported quant type or operation";
+    case ER_E_NOMEM: return "out of memory";
+    case ER_E_SHAPE: return "size not a multiple of the block size, or shapes disagree";
+    case ER_E_INVALID: return "invalid argument";
+    default: return "unknown native error";
+    }
+}
 
 #define ISA_SCALAR 0
 #define ISA_AVX2 1
