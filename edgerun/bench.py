@@ -1,4 +1,5 @@
-"""`edgerun bench`: prefill and decode tokens/s, optionally against llama.cpp in the same run.
+"""Prefill and decode tokens/s, optionally against llama.cpp in the same run (`edgerun bench`,
+whose flags are in edgerun/cli/bench.py).
 
 Both engines get the same file, thread count and token counts; runs alternate
 (edgerun, llama.cpp, edgerun, ...) so drift on a shared machine hits both, and the table
@@ -7,8 +8,6 @@ reports medians and their ratio.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from typing import Any
@@ -113,40 +112,3 @@ def format_table(res: dict[str, Any]) -> str:
         r = res["ratio"]
         lines.append(f"{'ratio':12} {r['prefill_tok_s']:13.3f}x {r['decode_tok_s']:12.3f}x")
     return "\n".join(lines)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    import sys
-
-    from edgerun.catalog import ModelError
-    from edgerun.cli import CLIError
-    from edgerun.runtime.runner import default_threads
-
-    threads = args.threads or default_threads()
-
-    def log(msg: str) -> None:
-        if not args.json:
-            print(msg, file=sys.stderr)
-
-    try:
-        res = run_bench(args.model, threads, args.prompt_tokens, args.gen_tokens, args.vs, args.repeats,
-                        args.backend, log)
-    except ModelError as e:
-        raise CLIError(str(e)) from None
-    print(json.dumps(res) if args.json else format_table(res))
-    return 0
-
-
-def register(sub: Any) -> None:
-    from edgerun.cli import _positive_int
-
-    p = sub.add_parser("bench", help="measure prefill/decode tokens/s (optionally vs llama.cpp)")
-    p.add_argument("-m", "--model", required=True)
-    p.add_argument("--threads", "-t", type=_positive_int, default=None)
-    p.add_argument("--prompt-tokens", type=_positive_int, default=201)
-    p.add_argument("--gen-tokens", type=_positive_int, default=64)
-    p.add_argument("--repeats", type=_positive_int, default=3)
-    p.add_argument("--vs", choices=["llamacpp"], default=None)
-    p.add_argument("--backend", choices=["auto", "native", "numba", "reference"], default="auto")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bench)

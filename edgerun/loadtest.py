@@ -3,18 +3,17 @@
 For each concurrency level it sends `--requests` streaming completions with `--concurrency`
 in flight, and reports requests/s, output tokens/s, TTFT P50/P90/P99, inter-token latency
 P50/P99 and errors. The knee is the last level before throughput stops growing (< 10% gain)
-while P99 TTFT keeps climbing. `--plot` writes a PNG of throughput and P99 TTFT.
+while P99 TTFT keeps climbing. `plot` writes a PNG of throughput and P99 TTFT. The command's flags
+are in edgerun/cli/loadtest.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -210,44 +209,3 @@ def run(url: str, concurrency: list[int], n_requests: int, prompt_tokens: int, m
                                             api_key)))
     mark_knee(levels)
     return levels
-
-
-def _main(args: argparse.Namespace) -> int:
-    try:
-        conc = [int(x) for x in args.concurrency.split(",") if x.strip()]
-        if not conc or min(conc) <= 0:
-            raise ValueError
-    except ValueError:
-        print("error: --concurrency wants a comma-separated list of positive integers", file=sys.stderr)
-        return 2
-    try:
-        levels = run(args.url, conc, args.requests, args.prompt_tokens, args.max_tokens, args.model,
-                     args.api_key)
-    except httpx.HTTPError as e:
-        print(f"error: cannot reach {args.url}: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps([asdict(lv) for lv in levels], indent=2))
-    else:
-        print(format_table(levels))
-    if args.plot:
-        title = f"{args.url}  prompt ~{args.prompt_tokens} tok, gen {args.max_tokens} tok"
-        plot(levels, args.plot, title=title)
-        if not args.json:
-            print(f"plot written to {args.plot}")
-    return 1 if all(lv.errors == lv.requests for lv in levels) else 0
-
-
-def register(sub: Any) -> None:
-    """Add `edgerun loadtest` to an argparse subparsers object."""
-    p = sub.add_parser("loadtest", help="throughput/latency sweep against an OpenAI-compatible server")
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL (without /v1)")
-    p.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated levels")
-    p.add_argument("--requests", type=int, default=32, help="requests per level (at least the concurrency)")
-    p.add_argument("--prompt-tokens", type=int, default=128, help="approximate prompt length")
-    p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per request")
-    p.add_argument("--model", default=None, help="model name (default: the server's first)")
-    p.add_argument("--api-key", default=None)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="write a throughput/TTFT plot")
-    p.set_defaults(func=_main)

@@ -221,7 +221,7 @@ class Result:
 def _time_edgerun(path: Path, placement: str, prompt: int, gen: int, threads: int,
                   vram_budget: int | None) -> tuple[float, float, float, dict[str, Any]]:
     """(prefill tok/s, decode tok/s, CPU FFN GB/s during decode, plan totals) of one placement."""
-    from edgerun.runtime.hybrid import make_runner
+    from edgerun.runtime.factory import make_runner
     from edgerun.runtime.runner import SeqInput
 
     n_ctx = prompt + gen + 32
@@ -288,7 +288,7 @@ def _llama_bench(binary: str, path: Path, prompt: int, gen: int, reps: int, thre
 
 def _check(path: Path, threads: int) -> str:
     """Max relative logit error of hybrid and gpu placements vs the CPU backend on a short prompt."""
-    from edgerun.runtime.hybrid import make_runner
+    from edgerun.runtime.factory import make_runner
     from edgerun.runtime.runner import Runner, SeqInput
 
     toks = np.arange(3, 35, dtype=np.int32)

@@ -237,7 +237,8 @@ def test_end_to_end_matches_cpu(synth_model: Path, setup: dict) -> None:
 # The runners compared here keep float KV caches: the GPU's cache is float, and a CPU cache of
 # halves (the default) would differ from it by the halves' rounding.
 def _end_to_end(synth_model: Path, setup: dict) -> None:
-    from edgerun.runtime.hybrid import HybridRunner, make_runner
+    from edgerun.runtime.factory import make_runner
+    from edgerun.runtime.hybrid import HybridRunner
     from edgerun.runtime.runner import Runner
 
     cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f32")
@@ -473,7 +474,7 @@ def test_glue_end_to_end_with_fake_cupy(fake_cupy, synth_model: Path, setup: dic
 
 
 def test_glue_graphs_replay_with_fake_cupy(fake_cupy, synth_model: Path) -> None:
-    from edgerun.runtime.hybrid import make_runner
+    from edgerun.runtime.factory import make_runner
     from edgerun.runtime.runner import Runner
 
     cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f32")

@@ -343,7 +343,7 @@ def test_placement_text_and_runner_plan():
 def test_register_adds_chat_subcommand():
     import argparse
 
-    from edgerun.tui import register
+    from edgerun.cli.chat import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="cmd"))

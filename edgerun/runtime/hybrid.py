@@ -1,4 +1,4 @@
-"""Hybrid CPU-GPU runner (DESIGN §7): per the placement plan, attention on the GPU, FFN on the CPU.
+"""Hybrid CPU-GPU runner: per the placement plan, attention on the GPU, FFN on the CPU.
 
 :class:`HybridRunner` is a :class:`~edgerun.runtime.runner.Runner` (same ``forward(seqs)``
 contract, same batch building) whose model is wrapped by :class:`HybridModel`: for every layer
@@ -12,7 +12,8 @@ Extras: micro-batch overlap (a batch of several sequences is split in two halves
 half's GPU attention runs while the CPU computes the other half's FFN), and CUDA graphs for decode
 steps (each GPU segment of a layer is captured once per batch shape and replayed).
 
-:func:`make_runner` picks the runner: the plain CPU Runner when the plan puts nothing on a GPU.
+:func:`edgerun.runtime.factory.make_runner` picks the runner: the plain CPU Runner when the plan
+puts nothing on a GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.models.base import KVCache, SeqBatch, Transformer, rms_norm
+from edgerun.quant.gguf_file import GGUFFile
 from edgerun.runtime.planner import GPU, Plan, plan_placement
 from edgerun.runtime.runner import Runner
 from edgerun.runtime.weights import pin_in_hugepages
@@ -365,11 +367,11 @@ class HybridRunner(Runner):
 
     pin_weights_at_init = False  # only the weights left on the CPU, once the plan has placed them
 
-    def __init__(self, model_path: str | os.PathLike, plan: Plan | None = None, placement: str = "auto",
+    def __init__(self, model: str | os.PathLike | GGUFFile, plan: Plan | None = None, placement: str = "auto",
                  vram_budget: int | None = None, overrides: Sequence[str] = (), vram_bytes: int | None = None,
                  overlap: bool = True, graphs: bool = True, **kw: Any) -> None:
         kw.pop("batch_tiles", None)  # the CPU side's weights move after the plan (pin_in_hugepages below)
-        super().__init__(model_path, **kw)
+        super().__init__(model, **kw)
         if plan is None:
             a = self.args
             plan = plan_placement(self.gguf, a.n_layers, a.n_kv_heads, a.head_dim,
@@ -395,52 +397,4 @@ class HybridRunner(Runner):
         self.model = HybridModel(self.model, self.gpu, overlap=overlap, graphs=graphs)  # type: ignore[assignment]
 
 
-def _plan_for(path: str | os.PathLike, placement: str, vram_budget: int | None, overrides: Sequence[str],
-              vram_bytes: int | None, n_ctx: int, num_blocks: int | None, block_size: int) -> Plan:
-    from edgerun.models.registry import model_class
-    from edgerun.quant.gguf_file import GGUFFile
-
-    with GGUFFile(path) as gf:
-        emb = gf.tensors.get("token_embd.weight")
-        vocab = int(emb.shape[1]) if emb is not None and len(emb.shape) > 1 else 1
-        args = model_class(gf.architecture).build_args(gf.metadata, vocab)
-        ctx = min(n_ctx, args.context_length)
-        slots = (num_blocks or 2 * math.ceil(ctx / block_size)) * block_size
-        return plan_placement(gf, args.n_layers, args.n_kv_heads, args.head_dim, ctx=slots, batch=1,
-                              mode=placement, vram_bytes=vram_bytes, vram_budget=vram_budget,
-                              overrides=overrides)
-
-
-def make_runner(path: str | os.PathLike, placement: str = "auto", vram_budget: int | None = None,
-                overrides: Sequence[str] = (), vram_bytes: int | None = None, **kw: Any) -> Runner:
-    """The runner for ``path`` under a placement: plain :class:`Runner` when nothing goes on a GPU.
-
-    ``kw`` are :class:`Runner` arguments (n_ctx, n_threads, num_blocks, block_size, backend) plus the
-    HybridRunner's ``overlap`` and ``graphs``. The KV cache is planned at the size the runner allocates.
-    """
-    hybrid_kw = {k: kw.pop(k) for k in ("overlap", "graphs") if k in kw}
-    if placement == "cpu" and not overrides:
-        return Runner(path, **kw)
-    plan = _plan_for(path, placement, vram_budget, overrides, vram_bytes, kw.get("n_ctx", 4096),
-                     kw.get("num_blocks"), kw.get("block_size", 16))
-    if not plan.uses_gpu:
-        return Runner(path, **kw)
-    from edgerun.backends import cuda
-
-    if not cuda.available():
-        print("edgerun: the plan uses a GPU but CuPy/CUDA is unavailable; running on the CPU",
-              file=sys.stderr)
-        return Runner(path, **kw)
-    return HybridRunner(path, plan=plan, **hybrid_kw, **kw)
-
-
-__all__ = ["GPUExec", "HybridModel", "HybridRunner", "StepData", "make_runner"]
-
-
-def runner_from_args(path: str | os.PathLike, args: Any, **kw: Any) -> Runner:
-    """`make_runner` with the placement flags of `add_placement_args`."""
-    budget = getattr(args, "vram_budget", None)
-    kw.setdefault("kv_type", getattr(args, "kv_type", "f16"))
-    return make_runner(path, placement=getattr(args, "placement", "auto"),
-                       vram_budget=int(budget * 2**30) if budget else None,
-                       overrides=tuple(getattr(args, "override", None) or ()), **kw)
+__all__ = ["GPUExec", "HybridModel", "HybridRunner", "StepData"]

@@ -1,4 +1,4 @@
-"""Placement planner (DESIGN §6): which tensors and which part of the KV cache go on the GPU.
+"""Placement planner: which tensors and which part of the KV cache go on the GPU.
 
 The plan is computed from the GGUF tensor table (names and byte sizes), the model's KV geometry,
 the context and batch the runner will serve, and the free VRAM (probed, or pretended with
@@ -27,7 +27,9 @@ from typing import Any, Protocol
 
 CPU, GPU = "cpu", "gpu"
 MODES = ("auto", "cpu", "gpu", "hybrid")
-KV_BYTES_PER_ELEM = 4  # the runner's KV cache is float32
+# element size of the KV cache the plan places: the GPU's is float32 (hybrid.py GPUExec); the CPU
+# cache is f16 by default (Runner kv_type), so the plan's cpu_bytes of KV are an upper bound there
+KV_BYTES_PER_ELEM = 4
 MIB = 1 << 20
 RESERVE_FRACTION = 0.05
 RESERVE_FIXED = 256 * MIB

@@ -39,11 +39,14 @@ class Runner:
     #: move the CPU's weights into huge pages once the model is built (see runtime/weights.py)
     pin_weights_at_init = True
 
-    def __init__(self, model_path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
+    def __init__(self, model: str | os.PathLike | GGUFFile, n_ctx: int = 4096, n_threads: int | None = None,
                  num_blocks: int | None = None, block_size: int = 16, backend: str = "auto",
                  kv_type: str = "f16", batch_tiles: bool = False) -> None:
-        self.path = Path(model_path)
-        self.gguf = GGUFFile(self.path)
+        """``model`` is a path, or a GGUFFile already parsed (the factory's, so the file is read once)."""
+        if n_ctx <= 0:
+            raise ValueError("context size must be positive")
+        self.gguf = model if isinstance(model, GGUFFile) else GGUFFile(model)
+        self.path = Path(self.gguf.path)
         self.tokenizer = Tokenizer(self.path, self.gguf)
         self.n_threads = n_threads or default_threads()
         self.backend = make_backend(backend, self.n_threads)
@@ -59,8 +62,6 @@ class Runner:
         self._pin_job = (PinJob(self.model.tensors(), background=True, tiles=tiles, pin=pin)
                          if pin or tiles else None)
         self.tile_bytes = 0
-        if n_ctx <= 0:
-            raise ValueError("context size must be positive")
         self.n_ctx = min(n_ctx, self.args.context_length)
         self.block_size = block_size
         self.num_blocks = num_blocks or 2 * (-(-self.n_ctx // block_size))

@@ -1,18 +1,16 @@
 """OpenAI-compatible HTTP server over the engine: chat/completions with SSE, models, metrics.
 
 `create_app(engine, model_name, api_key=None)` builds the FastAPI app (tests use it with any
-engine); `register(sub)` adds `edgerun serve`. Every error uses OpenAI's shape
+engine); the `edgerun serve` command is edgerun/cli/serve.py. Every error uses OpenAI's shape
 `{"error": {"message", "type", "param", "code"}}`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hmac
 import json
 import logging
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -349,57 +347,3 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
-
-
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from edgerun.catalog import ModelError, resolve_model
-    from edgerun.models.base import ModelLoadError
-    from edgerun.quant.gguf_file import GGUFError
-    from edgerun.runtime.hybrid import runner_from_args
-
-    try:
-        path = resolve_model(args.model)
-        runner = runner_from_args(path, args, n_ctx=args.ctx, n_threads=args.threads,
-                                  num_blocks=args.kv_blocks, backend=args.backend,
-                                  batch_tiles=args.max_running >= 2 and not args.no_batch_tiles)
-    except (ModelError, GGUFError, ModelLoadError, ValueError) as e:
-        print(f"edgerun: error: {e}", file=sys.stderr)
-        return 2
-    name = getattr(runner, "model_name", None) or str(args.model)
-    engine = Engine(runner, max_running=args.max_running, max_queue=args.max_queue,
-                    max_batch_tokens=args.max_batch_tokens).start()
-    app = create_app(engine, name, api_key=args.api_key, aliases=(str(args.model), path.stem, path.name))
-    print(f"edgerun: serving {name} on http://{args.host}:{args.port}/v1 (ctx {runner.n_ctx})", flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    finally:
-        engine.shutdown()
-    return 0
-
-
-def register(sub: Any) -> None:
-    """Add `edgerun serve` to an argparse subparsers object."""
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with streaming and /metrics")
-    p.add_argument("-m", "--model", required=True, help="catalog name or path to a .gguf file")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    p.add_argument("--ctx", type=int, default=4096, help="context length per sequence")
-    p.add_argument("--max-running", type=int, default=8, help="sequences batched together")
-    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
-    p.add_argument("--max-batch-tokens", type=int, default=512, help="token budget per engine step")
-    p.add_argument("--no-batch-tiles", action="store_true",
-                   help="skip the second, batch-friendly copy of the Q4_0/Q5_0/Q8_0/Q4_K/Q6_K matrices "
-                        "(saves their size in memory; batches of 2+ sequences run slower)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the runner")
-    p.add_argument("--kv-blocks", type=int, default=None,
-                   help="KV cache blocks of 16 tokens (default: two full contexts)")
-    p.add_argument("--backend", choices=["auto", "native", "numba", "reference"], default="auto",
-                   help="CPU kernels")
-    p.add_argument("--log-level", default="info")
-    from edgerun.cli import add_placement_args
-
-    add_placement_args(p)
-    p.set_defaults(func=_serve)

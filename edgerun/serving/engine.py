@@ -21,22 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgerun.runtime.runner import SeqInput
 from edgerun.serving.block_pool import KVCacheManager
 from edgerun.serving.scheduler import Scheduler, Sequence
 from edgerun.serving.types import StreamEvent, Timings, Usage
 from edgerun.text.sampling import Sampler, SamplingParams
-
-try:
-    from edgerun.runtime.runner import SeqInput
-except ImportError:  # runner not available: same contract, local definition
-
-    @dataclass
-    class SeqInput:  # type: ignore[no-redef]
-        tokens: np.ndarray
-        start_pos: int
-        block_table: np.ndarray
-        want_all_logits: bool = False
-
 
 log = logging.getLogger("edgerun.engine")
 

@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: `python -m edgerun.tui.app [-m MODEL] [--url URL] ...`."""
-    from edgerun.tui import add_arguments
+    from edgerun.cli.chat import add_arguments
 
     parser = argparse.ArgumentParser(prog="edgerun chat", description="Chat with a model in the terminal.")
     add_arguments(parser)

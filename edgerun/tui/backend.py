@@ -161,10 +161,12 @@ class InProcessBackend:
         path = resolve_model(self.model_spec, progress=lambda d, t, s: progress_cb(d, t, "download"))
         self.path = str(path)
         progress_cb(0, 0, "load")
-        from edgerun.runtime.hybrid import runner_from_args
+        from edgerun.cli.args import runner_options
+        from edgerun.runtime.factory import make_runner
         from edgerun.serving.engine import Engine
 
-        self.runner = runner_from_args(self.path, self.placement_args, n_ctx=self.ctx, n_threads=self.threads)
+        opts = runner_options(self.placement_args, n_ctx=self.ctx, n_threads=self.threads)
+        self.runner = make_runner(self.path, opts)
         self.engine = Engine(self.runner)
         self.engine.start()
         progress_cb(1, 1, "ready")

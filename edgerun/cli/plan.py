@@ -1,4 +1,4 @@
-"""`edgerun plan`: print the placement plan of a model (per-layer table, bytes per device)."""
+"""``edgerun plan -m MODEL``: print the placement plan of a model (per-layer table, bytes per device)."""
 
 from __future__ import annotations
 
@@ -6,38 +6,31 @@ import argparse
 import json
 from typing import Any
 
+from edgerun.cli.args import CLIError, add, nonneg_float, positive_int, resolve
+
 
 def _gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
-def register(sub: Any) -> None:
-    """Add the ``plan`` subcommand to the CLI's subparsers."""
-    from edgerun.cli import _nonneg_float as _vram_gb
-    from edgerun.cli import _positive_int as _pos_int
-
+def register(sub: Any) -> argparse.ArgumentParser:
+    """Add ``plan``."""
     p = sub.add_parser("plan", help="show where each tensor would run (CPU / GPU)")
-    p.add_argument("-m", "--model", required=True, help="catalog name or path to a .gguf file")
-    p.add_argument("--vram-gb", type=_vram_gb, default=None,
+    add(p, "model", "ctx")
+    p.add_argument("--vram-gb", type=nonneg_float, default=None, metavar="GB",
                    help="pretend this much free VRAM in GiB (default: probe the GPU)")
-    p.add_argument("--vram-budget-gb", type=_vram_gb, default=None, help="cap the VRAM used, in GiB")
-    p.add_argument("--ctx", "-c", type=_pos_int, default=4096, help="context size in tokens")
-    p.add_argument("--batch", type=_pos_int, default=1, help="sequences served at once")
-    p.add_argument("--placement", choices=["auto", "cpu", "gpu", "hybrid"], default="auto")
-    p.add_argument("--override", "-ot", action="append", default=[], metavar="REGEX=DEV",
-                   help="force tensors matching REGEX onto cpu or gpu (repeatable, last match wins)")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.set_defaults(func=cmd_plan)
+    p.add_argument("--batch", type=positive_int, default=1, help="sequences served at once")
+    add(p, "placement", "vram_budget", "override", "json", json={"help": "print the plan as JSON"})
+    return p
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    """Run ``edgerun plan``."""
-    from edgerun.cli import CLIError, _resolve
+def run(args: argparse.Namespace) -> int:
+    """Plan from the file's tensor table and metadata (no weights are read)."""
     from edgerun.models.base import ModelLoadError
     from edgerun.quant.gguf_file import GGUFError, GGUFFile
     from edgerun.runtime.planner import PlanError, plan_for_file
 
-    path = _resolve(args.model)
+    path = resolve(args.model)
     gib = 1 << 30
     try:
         gf = GGUFFile(path)
@@ -47,7 +40,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = plan_for_file(
             gf, ctx=args.ctx, batch=args.batch, mode=args.placement,
             vram_bytes=None if args.vram_gb is None else int(args.vram_gb * gib),
-            vram_budget=None if args.vram_budget_gb is None else int(args.vram_budget_gb * gib),
+            vram_budget=None if args.vram_budget is None else int(args.vram_budget * gib),
             overrides=args.override)
     except (PlanError, ModelLoadError, GGUFError, KeyError, ValueError) as e:
         raise CLIError(str(e).strip("'\"")) from None

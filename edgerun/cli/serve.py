@@ -1,0 +1,53 @@
+"""``edgerun serve -m MODEL``: the OpenAI-compatible HTTP server (edgerun/server/app.py) over the engine."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from edgerun.cli.args import LOG_LEVELS, add, add_model_args, load_runner, log_level, port, positive_int
+
+
+def register(sub: Any) -> argparse.ArgumentParser:
+    """Add ``serve``."""
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with streaming and /metrics")
+    add_model_args(p, ctx={"help": "context length per sequence (default %(default)s)"})
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s)")
+    p.add_argument("--port", type=port, default=8080, help="TCP port, 1-65535 (default %(default)s)")
+    add(p, "api_key", api_key={"help": "require 'Authorization: Bearer KEY'"})
+    p.add_argument("--max-running", type=positive_int, default=8, help="sequences batched together")
+    p.add_argument("--max-queue", type=positive_int, default=64,
+                   help="waiting requests before new ones get 429 (at least 1)")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=512, help="token budget per engine step")
+    p.add_argument("--no-batch-tiles", action="store_true",
+                   help="skip the second, batch-friendly copy of the Q4_0/Q5_0/Q8_0/Q4_K/Q6_K matrices "
+                        "(saves their size in memory; batches of 2+ sequences run slower)")
+    p.add_argument("--kv-blocks", type=positive_int, default=None,
+                   help="KV cache blocks of 16 tokens (default: two full contexts)")
+    p.add_argument("--log-level", type=log_level, default="info", metavar="LEVEL",
+                   help=f"uvicorn's log level: {', '.join(LOG_LEVELS)} (default %(default)s)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, start the engine thread, serve until Ctrl+C."""
+    import uvicorn
+
+    from edgerun.server.app import create_app
+    from edgerun.serving.engine import Engine
+
+    runner = load_runner(args, num_blocks=args.kv_blocks,
+                         batch_tiles=args.max_running >= 2 and not args.no_batch_tiles)
+    path = runner.path
+    name = getattr(runner, "model_name", None) or str(args.model)
+    engine = Engine(runner, max_running=args.max_running, max_queue=args.max_queue,
+                    max_batch_tokens=args.max_batch_tokens).start()
+    try:
+        app = create_app(engine, name, api_key=args.api_key,
+                         aliases=(str(args.model), path.stem, path.name))
+        print(f"edgerun: serving {name} on http://{args.host}:{args.port}/v1 (ctx {runner.n_ctx})",
+              flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        engine.shutdown()
+    return 0
