@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import Any
 
 from edgerun.cli.args import LOG_LEVELS, add, add_model_args, load_runner, log_level, port, positive_int
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.server.app import create_app
     from edgerun.serving.engine import Engine
 
+    server_class = _server_class()
     runner = load_runner(args, num_blocks=args.kv_blocks,
                          batch_tiles=args.max_running >= 2 and not args.no_batch_tiles)
     path = runner.path
@@ -47,7 +49,28 @@ def run(args: argparse.Namespace) -> int:
                          aliases=(str(args.model), path.stem, path.name))
         print(f"edgerun: serving {name} on http://{args.host}:{args.port}/v1 (ctx {runner.n_ctx})",
               flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        server = server_class(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+        server.run()
     finally:
         engine.shutdown()
-    return 0
+    if server.interrupted:
+        # uvicorn shut down gracefully on Ctrl+C and re-raised it inside asyncio.run, which
+        # swallows it; say it here so `serve` exits 130 like every other command
+        raise KeyboardInterrupt
+    return 0 if server.started else 1  # uvicorn logged why it could not start
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, remembering whether Ctrl+C stopped it."""
+
+        interrupted = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if sig == signal.SIGINT:
+                self.interrupted = True
+            super().handle_exit(sig, frame)
+
+    return Server
