@@ -34,7 +34,8 @@ class _Version(argparse.Action):
                  option_string: str | None = None) -> None:
         from edgerun import __version__
 
-        parser.exit(0, f"edgerun {__version__}\n")
+        print(f"edgerun {__version__}")
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
