@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from edgerun.cli.args import CLIError, add, nonneg_float, positive_int, resolve
+from edgerun.cli.args import CLIError, add, gigabytes, positive_int, resolve
 
 
 def _gib(n: int) -> str:
@@ -17,7 +17,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     """Add ``plan``."""
     p = sub.add_parser("plan", help="show where each tensor would run (CPU / GPU)")
     add(p, "model", "ctx")
-    p.add_argument("--vram-gb", type=nonneg_float, default=None, metavar="GB",
+    p.add_argument("--vram-gb", type=gigabytes, default=None, metavar="GB",
                    help="pretend this much free VRAM in GiB (default: probe the GPU)")
     p.add_argument("--batch", type=positive_int, default=1, help="sequences served at once")
     add(p, "placement", "vram_budget", "override", "json", json={"help": "print the plan as JSON"})
