@@ -22,7 +22,6 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 
-from edgerun.tui import register  # noqa: F401 - re-exported for the CLI
 from edgerun.tui.backend import ChatBackend, InProcessBackend
 from edgerun.tui.history import HistoryStore, conversation_markdown, slugify
 from edgerun.tui.screens import still_cursors
