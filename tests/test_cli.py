@@ -163,6 +163,7 @@ SERVE = ["serve", "-m", "x.gguf"]
     pytest.param([*SERVE, "--log-level", "bogus"], "argument --log-level: expected one of critical, error",
                  id="log-level"),
     pytest.param([*SERVE, "--ctx", "0"], "argument -c/--ctx: expected a positive integer", id="serve-ctx"),
+    pytest.param([*SERVE, "--api-key", ""], "argument --api-key: expected a non-empty string", id="api-key"),
     pytest.param([*SERVE, "--kv-blocks", "0"], "argument --kv-blocks: expected a positive", id="kv-blocks"),
     pytest.param(["chat", "--ctx", "0"], "argument -c/--ctx: expected a positive integer", id="chat-ctx"),
     pytest.param(["chat", "--threads", "x"], "argument -t/--threads: expected a positive integer",

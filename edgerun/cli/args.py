@@ -252,7 +252,9 @@ FLAGS: dict[str, Flag] = {
                                "help": "stop string (repeatable)"}),
     # output and connections
     "json": Flag(("--json",), {"action": "store_true", "help": "print JSON"}),
-    "api_key": Flag(("--api-key",), {"default": None, "help": "API key ('Authorization: Bearer KEY')"}),
+    # an empty key would turn the server's auth off without a word
+    "api_key": Flag(("--api-key",), {"type": nonempty, "default": None,
+                                     "help": "API key ('Authorization: Bearer KEY')"}),
     "url": Flag(("--url",), {"default": None, "help": "server base URL, e.g. http://127.0.0.1:8080"}),
 }
 
