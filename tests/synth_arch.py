@@ -99,7 +99,8 @@ def write_arch_model(path: Path, s: ArchSpec, qtype: int = T.Q8_0, seed: int = 0
     qd, kvd = s.n_heads * s.head_dim, s.n_kv * s.head_dim
     mat("token_embd.weight", s.vocab, s.dim, sc=0.5)
     vec("output_norm.weight", s.dim)
-    mat("output.weight", s.vocab, s.dim)
+    if s.arch != "gemma3":  # gemma ties the output head to the embeddings
+        mat("output.weight", s.vocab, s.dim)
     if s.rope_freqs:
         # factors >= 1 stretch the low frequencies, as Llama 3.1's do
         f = np.linspace(1.0, 8.0, s.head_dim // 2).astype(np.float32)
@@ -114,9 +115,12 @@ def write_arch_model(path: Path, s: ArchSpec, qtype: int = T.Q8_0, seed: int = 0
             mat(b + "attn_k.weight", kvd, s.dim)
             mat(b + "attn_v.weight", kvd, s.dim)
         mat(b + "attn_output.weight", s.dim, qd)
-        if s.arch in ("qwen3", "qwen3moe"):
+        if s.arch in ("qwen3", "qwen3moe", "gemma3"):
             vec(b + "attn_q_norm.weight", s.head_dim)
             vec(b + "attn_k_norm.weight", s.head_dim)
+        if s.arch == "gemma3":
+            vec(b + "post_attention_norm.weight", s.dim)
+            vec(b + "post_ffw_norm.weight", s.dim)
         vec(b + "ffn_norm.weight", s.dim)
         if s.n_expert:
             eff = s.expert_ffn or s.ffn
