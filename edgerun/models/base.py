@@ -62,6 +62,14 @@ class ModelArgs:
     windows: list[int] = field(default_factory=list)
     rope_bases: list[float] = field(default_factory=list)
     rope_pos_scales: list[float] = field(default_factory=list)  # linear RoPE scaling
+    # per-dimension RoPE frequency divisors (Llama 3.1 `rope_freqs.weight`), (head_dim/2,) or None
+    rope_freq_factors: np.ndarray | None = None
+    # mixture of experts: routed experts per layer, how many each token uses, their FFN width
+    n_experts: int = 0
+    n_experts_used: int = 0
+    expert_ffn_dim: int = 0
+    shared_expert_ffn_dim: int = 0
+    moe_norm_topk: bool = True  # renormalise the chosen experts' weights to sum to 1
 
     def __post_init__(self) -> None:
         if min(self.n_layers, self.dim, self.n_heads, self.n_kv_heads, self.head_dim) <= 0:
@@ -79,6 +87,8 @@ class ModelArgs:
             self.rope_bases = [self.rope_base] * self.n_layers
         if not self.rope_pos_scales:
             self.rope_pos_scales = [1.0] * self.n_layers
+        if self.n_experts and not 0 < self.n_experts_used <= self.n_experts:
+            raise ModelLoadError(f"expert_used_count {self.n_experts_used} must be in 1..{self.n_experts}")
 
     @classmethod
     def common(cls, md: dict[str, Any], arch: str, vocab_size: int, **kw: Any) -> dict[str, Any]:
@@ -87,9 +97,26 @@ class ModelArgs:
         n_heads = _md(md, p + "attention.head_count", int)
         dim = _md(md, p + "embedding_length", int)
         head_dim = _md(md, p + "attention.key_length", int, dim // max(n_heads, 1))
+        n_layers = _md(md, p + "block_count", int)
+        extra: dict[str, Any] = {}
+        scaling = md.get(p + "rope.scaling.type", "none")
+        if scaling == "linear":
+            factor = _md(md, p + "rope.scaling.factor", float, 1.0)
+            if not (math.isfinite(factor) and factor > 0):
+                raise ModelLoadError(f"{p}rope.scaling.factor must be a positive number, got {factor}")
+            extra["rope_pos_scales"] = [1.0 / factor] * n_layers
+        elif scaling not in ("none", ""):
+            # YaRN and LongRoPE change the rotation itself; running them as plain RoPE would give
+            # wrong positions silently
+            raise ModelLoadError(f"RoPE scaling type {scaling!r} ({p}rope.scaling.type) is not supported "
+                                 "(supported: none, linear, and Llama 3.1 frequency factors)")
+        n_exp = _md(md, p + "expert_count", int, 0) if p + "expert_count" in md else 0
+        if n_exp:
+            extra["n_experts"] = n_exp
+            extra["n_experts_used"] = _md(md, p + "expert_used_count", int)
         return dict(
             arch=arch,
-            n_layers=_md(md, p + "block_count", int),
+            n_layers=n_layers,
             dim=dim,
             ffn_dim=_md(md, p + "feed_forward_length", int),
             n_heads=n_heads,
@@ -99,7 +126,7 @@ class ModelArgs:
             rope_base=_md(md, p + "rope.freq_base", float, 10000.0),
             context_length=_md(md, p + "context_length", int, 2048),
             vocab_size=vocab_size,
-        ) | kw
+        ) | extra | kw
 
 
 # ----------------------------------------------------------------------------- light ops
@@ -111,8 +138,12 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(ms + eps)) * w
 
 
-def rope_cos_sin(positions: np.ndarray, head_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+def rope_cos_sin(positions: np.ndarray, head_dim: int, base: float,
+                 freq_factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables (T, hd/2); `freq_factors` (hd/2,) divide each pair's frequency (Llama 3.1)."""
     inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (hd/2,)
+    if freq_factors is not None:
+        inv = inv / freq_factors.astype(np.float64)
     ang = positions.astype(np.float64)[:, None] * inv[None, :]  # (T, hd/2)
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
@@ -208,6 +239,25 @@ class KVCache:
 
 
 @dataclass
+class MoE:
+    """A layer's routed experts (each expert's matrices are row slices of the 3-D GGUF tensors)."""
+
+    router: QTensor  # (dim -> n_experts)
+    gate: list[QTensor]
+    up: list[QTensor]
+    down: list[QTensor]
+    n_used: int
+    norm_topk: bool
+    # shared experts (Qwen2-MoE): a dense FFN every token takes, scaled by sigmoid(h . shared_gate)
+    shared_gate: np.ndarray | None = None
+    shared: tuple[QTensor, QTensor, QTensor] | None = None
+
+    def tensors(self) -> list[QTensor]:
+        out = [self.router, *self.gate, *self.up, *self.down]
+        return out + list(self.shared or ())
+
+
+@dataclass
 class Layer:
     attn_norm: np.ndarray
     wq: QTensor
@@ -215,9 +265,9 @@ class Layer:
     wv: QTensor
     wo: QTensor
     ffn_norm: np.ndarray
-    w_gate: QTensor
-    w_up: QTensor
-    w_down: QTensor
+    w_gate: QTensor | None
+    w_up: QTensor | None
+    w_down: QTensor | None
     bq: np.ndarray | None = None
     bk: np.ndarray | None = None
     bv: np.ndarray | None = None
@@ -225,6 +275,7 @@ class Layer:
     k_norm: np.ndarray | None = None
     post_attn_norm: np.ndarray | None = None
     post_ffn_norm: np.ndarray | None = None
+    moe: MoE | None = None
 
 
 @dataclass
@@ -271,7 +322,17 @@ class Transformer:
         self.out_norm = self.vector("output_norm.weight", a.dim)
         self.output = (self.qtensor("output.weight", a.dim, a.vocab_size) if "output.weight" in gf.tensors
                        else self.tok_embd)
+        if "rope_freqs.weight" in gf.tensors:
+            a.rope_freq_factors = self.vector("rope_freqs.weight", a.head_dim // 2)
+            if not np.all(np.isfinite(a.rope_freq_factors)) or np.any(a.rope_freq_factors <= 0):
+                raise ModelLoadError("rope_freqs.weight must hold positive finite factors")
         self.layers = [self.load_layer(i) for i in range(a.n_layers)]
+
+    @property
+    def native_layers_ok(self) -> bool:
+        """Whether the fused native layer kernels can run this model: they know dense FFNs and
+        plain/linear RoPE; MoE layers and RoPE frequency factors run the per-layer path."""
+        return self.args.rope_freq_factors is None and all(ly.moe is None for ly in self.layers)
 
     # --- loading helpers
     @classmethod
@@ -301,19 +362,68 @@ class Transformer:
     def optional_vector(self, name: str, n: int) -> np.ndarray | None:
         return self.vector(name, n) if name in self.gf.tensors else None
 
+    def row_slices(self, name: str, k: int, parts: list[int]) -> list[QTensor]:
+        """Split a matrix of `sum(parts)` rows of length k into consecutive row blocks (views).
+
+        Fused tensors (phi3's `attn_qkv`, `ffn_up` holding gate and up) become the separate
+        matrices the rest of the code multiplies by, without copying.
+        """
+        whole = self.qtensor(name, k, sum(parts))
+        out, r = [], 0
+        for j, n in enumerate(parts):
+            out.append(QTensor(name=f"{name}[{j}]", qtype=whole.qtype, k=k, n=n, data=whole.data[r: r + n]))
+            r += n
+        return out
+
+    def expert_tensors(self, name: str, k: int, n: int, n_experts: int) -> list[QTensor]:
+        """A 3-D expert tensor (GGUF ne = (k, n, n_experts)) as one (k -> n) matrix per expert."""
+        info = self.gf.tensors.get(name)
+        if info is None:
+            raise ModelLoadError(f"missing tensor {name}")
+        if tuple(info.shape) != (k, n, n_experts):
+            raise ModelLoadError(f"tensor {name} has shape {list(info.shape)}, expected {[k, n, n_experts]}")
+        data = self.gf.array(name).reshape(n_experts * n, k) if info.qtype == 0 else self.gf.raw(name)
+        return [QTensor(name=f"{name}[{e}]", qtype=info.qtype, k=k, n=n, data=data[e * n: (e + 1) * n])
+                for e in range(n_experts)]
+
+    def load_attention(self, i: int) -> tuple[QTensor, QTensor, QTensor, QTensor]:
+        """Q, K, V and output projections of layer i."""
+        a, p = self.args, f"blk.{i}."
+        qd, kvd = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+        return (self.qtensor(p + "attn_q.weight", a.dim, qd), self.qtensor(p + "attn_k.weight", a.dim, kvd),
+                self.qtensor(p + "attn_v.weight", a.dim, kvd), self.qtensor(p + "attn_output.weight", qd, a.dim))
+
+    def load_ffn(self, i: int) -> tuple[QTensor | None, QTensor | None, QTensor | None, MoE | None]:
+        """Gate, up and down of a dense FFN, or the layer's experts."""
+        a, p = self.args, f"blk.{i}."
+        if not a.n_experts:
+            return (self.qtensor(p + "ffn_gate.weight", a.dim, a.ffn_dim),
+                    self.qtensor(p + "ffn_up.weight", a.dim, a.ffn_dim),
+                    self.qtensor(p + "ffn_down.weight", a.ffn_dim, a.dim), None)
+        ne, ef = a.n_experts, a.expert_ffn_dim or a.ffn_dim
+        moe = MoE(router=self.qtensor(p + "ffn_gate_inp.weight", a.dim, ne),
+                  gate=self.expert_tensors(p + "ffn_gate_exps.weight", a.dim, ef, ne),
+                  up=self.expert_tensors(p + "ffn_up_exps.weight", a.dim, ef, ne),
+                  down=self.expert_tensors(p + "ffn_down_exps.weight", ef, a.dim, ne),
+                  n_used=a.n_experts_used, norm_topk=a.moe_norm_topk)
+        if a.shared_expert_ffn_dim:
+            sf = a.shared_expert_ffn_dim
+            moe.shared_gate = self.optional_vector(p + "ffn_gate_inp_shexp.weight", a.dim)
+            moe.shared = (self.qtensor(p + "ffn_gate_shexp.weight", a.dim, sf),
+                          self.qtensor(p + "ffn_up_shexp.weight", a.dim, sf),
+                          self.qtensor(p + "ffn_down_shexp.weight", sf, a.dim))
+        return None, None, None, moe
+
     def load_layer(self, i: int) -> Layer:
         a, p = self.args, f"blk.{i}."
         qd, kvd = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+        wq, wk, wv, wo = self.load_attention(i)
+        w_gate, w_up, w_down, moe = self.load_ffn(i)
         return Layer(
             attn_norm=self.vector(p + "attn_norm.weight", a.dim),
-            wq=self.qtensor(p + "attn_q.weight", a.dim, qd),
-            wk=self.qtensor(p + "attn_k.weight", a.dim, kvd),
-            wv=self.qtensor(p + "attn_v.weight", a.dim, kvd),
-            wo=self.qtensor(p + "attn_output.weight", qd, a.dim),
+            wq=wq, wk=wk, wv=wv, wo=wo,
             ffn_norm=self.vector(p + "ffn_norm.weight", a.dim),
-            w_gate=self.qtensor(p + "ffn_gate.weight", a.dim, a.ffn_dim),
-            w_up=self.qtensor(p + "ffn_up.weight", a.dim, a.ffn_dim),
-            w_down=self.qtensor(p + "ffn_down.weight", a.ffn_dim, a.dim),
+            w_gate=w_gate, w_up=w_up, w_down=w_down, moe=moe,
             bq=self.optional_vector(p + "attn_q.bias", qd),
             bk=self.optional_vector(p + "attn_k.bias", kvd),
             bv=self.optional_vector(p + "attn_v.bias", kvd),
@@ -327,7 +437,8 @@ class Transformer:
         """Every matrix the model multiplies by (for placement and warm-up)."""
         out = [self.output]
         for ly in self.layers:
-            out += [ly.wq, ly.wk, ly.wv, ly.wo, ly.w_gate, ly.w_up, ly.w_down]
+            out += [ly.wq, ly.wk, ly.wv, ly.wo]
+            out += ly.moe.tensors() if ly.moe is not None else [ly.w_gate, ly.w_up, ly.w_down]
         return out
 
     # --- forward
@@ -352,7 +463,8 @@ class Transformer:
             q = rms_norm(q, ly.q_norm, a.norm_eps)
         if ly.k_norm is not None:
             k = rms_norm(k, ly.k_norm, a.norm_eps)
-        cos, sin = rope_cos_sin(b.positions * a.rope_pos_scales[i], a.head_dim, a.rope_bases[i])
+        cos, sin = rope_cos_sin(b.positions * a.rope_pos_scales[i], a.head_dim, a.rope_bases[i],
+                                a.rope_freq_factors)
         q = apply_rope(q, cos, sin, a.rope_neox)
         k = apply_rope(k, cos, sin, a.rope_neox)
         out = np.empty((t, a.n_heads * a.head_dim), np.float32)
@@ -368,12 +480,43 @@ class Transformer:
             o = rms_norm(o, ly.post_attn_norm, a.norm_eps)
         return o
 
+    def dense_ffn(self, gate: QTensor, up: QTensor, down: QTensor, h: np.ndarray) -> np.ndarray:
+        """down(act(gate h) * up h) for normalised rows h (T, D)."""
+        be = self.backend
+        return be.matmul(down, ACTIVATIONS[self.args.activation](be.matmul(gate, h)) * be.matmul(up, h))
+
+    def moe_ffn(self, moe: MoE, h: np.ndarray) -> np.ndarray:
+        """Routed experts for normalised rows h (T, D): softmax over the router's logits, the top
+        `n_used` experts per token (weights renormalised when the family does), each expert run
+        once over the rows that chose it, so only the chosen experts' weights are read."""
+        t = h.shape[0]
+        logits = self.backend.matmul(moe.router, h).astype(np.float32)  # (T, E)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        top = np.argsort(-p, axis=1, kind="stable")[:, : moe.n_used]  # (T, k)
+        w = np.take_along_axis(p, top, axis=1)  # (T, k)
+        if moe.norm_topk:
+            w = w / w.sum(axis=1, keepdims=True)
+        out = np.zeros((t, h.shape[1]), np.float32)
+        for e in np.unique(top):
+            rows, slot = np.nonzero(top == e)
+            y = self.dense_ffn(moe.gate[e], moe.up[e], moe.down[e], np.ascontiguousarray(h[rows]))
+            out[rows] += w[rows, slot][:, None] * y
+        if moe.shared is not None:
+            y = self.dense_ffn(*moe.shared, h)
+            if moe.shared_gate is not None:
+                y = y / (1.0 + np.exp(-(h @ moe.shared_gate)))[:, None]
+            out += y
+        return out
+
     def ffn_block(self, ly: Layer, x: np.ndarray) -> np.ndarray:
-        a, be = self.args, self.backend
+        a = self.args
         h = rms_norm(x, ly.ffn_norm, a.norm_eps)
-        g = be.matmul(ly.w_gate, h)
-        u = be.matmul(ly.w_up, h)
-        y = be.matmul(ly.w_down, ACTIVATIONS[a.activation](g) * u)
+        if ly.moe is not None:
+            y = self.moe_ffn(ly.moe, h)
+        else:
+            assert ly.w_gate is not None and ly.w_up is not None and ly.w_down is not None
+            y = self.dense_ffn(ly.w_gate, ly.w_up, ly.w_down, h)
         if ly.post_ffn_norm is not None:
             y = rms_norm(y, ly.post_ffn_norm, a.norm_eps)
         return y
@@ -387,6 +530,8 @@ class Transformer:
         sel = np.concatenate(rows)
         run_layers = getattr(self.backend, "run_layers", None)
         run_step = getattr(self.backend, "run_step", None)
+        if not self.native_layers_ok:
+            run_layers = run_step = None
         if run_layers is not None and run_step is not None:
             # One native call for the step: embedding, layers, final norm and output head.
             logits = run_step(self, b, kv, sel)
@@ -401,7 +546,7 @@ class Transformer:
                 fused = getattr(self.backend, "ffn", None)
                 for i, ly in enumerate(self.layers):
                     x = x + self.attention_block(i, ly, x, b, kv)
-                    if fused is not None and ly.post_ffn_norm is None:
+                    if fused is not None and ly.post_ffn_norm is None and ly.moe is None:
                         # One native call: norm, gate/up, activation, down and the residual add.
                         x = fused(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
                     else:

@@ -15,6 +15,7 @@ from edgerun.models.base import ModelArgs, Transformer, _md
 
 SWA_PATTERN = 6  # every 6th layer is global
 SWA_ROPE_BASE = 10000.0
+GEMMA3_27B_LAYERS = 62
 
 
 class Gemma3(Transformer):
@@ -34,4 +35,8 @@ class Gemma3(Transformer):
         a["rope_bases"] = [a["rope_base"] if g else local_base for g in is_global]
         a["rope_pos_scales"] = [1.0 / scale if g else 1.0 for g in is_global]
         a["embed_scale"] = math.sqrt(a["dim"])
+        # Gemma 3 27B (62 layers) was trained with query_pre_attn_scalar = dim / n_heads rather than
+        # head_dim; llama.cpp keys that on the model size, and so do we (the GGUF carries no key)
+        if n == GEMMA3_27B_LAYERS:
+            a["attn_scale"] = 1.0 / math.sqrt(a["dim"] / a["n_heads"])
         return ModelArgs(**a)
