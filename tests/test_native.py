@@ -103,7 +103,7 @@ def test_matmul(qt: int, isa: str, threads: int) -> None:
     if bs == 1:
         ks += [7, 45]
     for k in ks:
-        for n in (1, 7, 33, 48):  # 33, 48: whole 16-row tiles and a remainder (tile16.h)
+        for n in (1, 7, 33, 48):  # 33, 48: whole 16-row tiles and a remainder (the 16-row tile kernels)
             w = make_weight(qt, n, k, rng)
             wf = ref_weight(qt, w, k).astype(np.float64)
             for b in (1, 2, 5, 8):
@@ -418,7 +418,7 @@ def test_multi_row_pass_kernels_match_row_kernels(qt: int) -> None:
 
 @pytest.mark.parametrize("qt", [2, 6, 8, 12, 14])  # Q4_0, Q5_0, Q8_0, Q4_K, Q6_K
 def test_batch_tiles_match_decoding_kernels(qt: int) -> None:
-    """Batch tiles (native/tiles.h): products equal the kernels that decode the rows (for the
+    """Batch tiles (the repacked copy of a weight): products equal the kernels that decode the rows (for the
     legacy types the 16-row tiles' bit for bit from 3 rows on; the K-quants' sum in another order), for
     row counts that leave a tail, 1-16 activation rows and either thread count, and the reference;
     the kernels really read the tiles (a scribbled copy changes the result); matrices the tiles do
