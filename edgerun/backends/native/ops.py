@@ -254,10 +254,11 @@ def tiles_count() -> int:
     return int(b.lib.er_tiles_count())
 
 
-def _tiles_drop(addr: int, tiles: np.ndarray) -> None:
-    # runs when the weight array dies; ``tiles`` was kept alive by this finalizer until now
-    if b.available():
-        b.lib.er_tiles_remove(addr)
+def _tiles_drop(remove: Callable[[int], int], addr: int, tiles: np.ndarray) -> None:
+    # runs when the weight array dies; ``tiles`` was kept alive by this finalizer until now.
+    # ``remove`` is the entry point of the library that registered them, even if the binding has
+    # since been reloaded or refused: a stale registration would serve tiles for reused memory.
+    remove(addr)
     del tiles
 
 
@@ -286,7 +287,7 @@ def add_tiles(qtype: int, data: np.ndarray, k: int, out: np.ndarray | None = Non
         return 0
     if b.lib.er_tiles_add(addr, qtype, n, k, stride, b.ptr(out)):
         return 0
-    weakref.finalize(data, _tiles_drop, addr, out)
+    weakref.finalize(data, _tiles_drop, b.lib.er_tiles_remove, addr, out)
     return size
 
 
