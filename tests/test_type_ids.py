@@ -47,8 +47,9 @@ def _check(found: dict[str, list[tuple[int, Path]]], where: str) -> None:
 def test_c_type_ids_match_traits() -> None:
     """``ER_Q4_K = 12``-style enumerators (or defines) in native/ (C, not CUDA)."""
     src = _c_sources("*.h", "*.c")
-    found = _ids(src, r"\bER_" + _TYPE + r"\s*=\s*(\d+)")
-    for name, uses in _ids(src, r"#define\s+ER_" + _TYPE + r"\s+(\d+)").items():
+    prefix = r"\bER_(?:TYPE_|QT_|T_)?"  # ER_Q4_K today; the spellings a reorganised header may take
+    found = _ids(src, prefix + _TYPE + r"\s*=\s*(\d+)")
+    for name, uses in _ids(src, r"#define\s+" + prefix[2:] + _TYPE + r"\s+(\d+)").items():
         found.setdefault(name, []).extend(uses)
     _check(found, "C")
 
