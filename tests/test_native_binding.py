@@ -207,3 +207,6 @@ def test_layer_table_from_the_layer_dataclass(tmp_path) -> None:
     ly.wk = QTensor(wk.name, wk.qtype, wk.k, wk.n * 2, np.zeros((wk.n * 2, wk.data.shape[1]), np.uint8))
     with pytest.raises(ValueError, match=re.escape(wk.name) + r": shape .* does not fit its layer"):
         nv.layer_table(m)
+    ly.wk, m.layers[1].w_up = wk, None  # what an MoE layer looks like to the table
+    with pytest.raises(nv.NativeArgumentError, match="layer 1 lacks one"):
+        nv.layer_table(m)

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgerun.backends.base import QTensor, StackModel
 from edgerun.backends.native import binding as b
+from edgerun.backends.native.errors import NativeArgumentError
 from edgerun.backends.native.ops import ACT, check_weight, weight
 from edgerun.quant.traits import type_name
 
@@ -37,8 +38,11 @@ def layer_table(model: StackModel) -> tuple[ctypes.Array, list[np.ndarray]]:
         keep.append(v)
         return v.ctypes.data
 
-    def mat(w: QTensor, k: int, n: int) -> tuple[int, int, int]:
+    def mat(w: QTensor | None, k: int, n: int) -> tuple[int, int, int]:
         """(address, type, row stride) of a layer matrix that must be (n, k)."""
+        if w is None:  # e.g. an MoE layer's FFN: the C layer knows dense FFNs only
+            raise NativeArgumentError("er_layers: the native layer stack needs every layer's seven dense "
+                                      f"matrices; layer {i} lacks one")
         if w.k != k or w.n != n:
             raise ValueError(f"{w.name}: shape ({w.n}, {w.k}) does not fit its layer, expected ({n}, {k})")
         d, stride = check_weight("er_layers", int(w.qtype), w.data, k)
