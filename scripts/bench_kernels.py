@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from edgerun.backends import native as nv
+from edgerun.quant.traits import TRAITS
 
 NAMES = {"F32": 0, "F16": 1, "BF16": 30, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8}
 NAMES.update({"Q4_K": 12, "Q5_K": 13, "Q6_K": 14})
@@ -24,7 +25,7 @@ SHAPES = [(896, 4864), (4864, 896), (151936, 896)]
 def make(qt: int, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     if qt == 0:
         return rng.standard_normal((n, k), dtype=np.float32)
-    bs, ts = nv._BLOCK[qt]
+    bs, ts = TRAITS[qt].block_size, TRAITS[qt].type_size
     w = rng.integers(0, 256, (n, k // bs * ts), dtype=np.uint8)
     if qt in (1, 30):
         return (w & 0x3F).astype(np.uint8)  # small finite halves
@@ -70,7 +71,7 @@ def main() -> None:
         qt = NAMES[name]
         row = f"{name:6}"
         for n, k0 in shapes:
-            bs = nv._BLOCK[qt][0]
+            bs = TRAITS[qt].block_size
             k = -(-k0 // bs) * bs  # K-quants need K % 256 == 0: 896 -> 1024
             w = make(qt, n, k, rng)
             x = rng.standard_normal((args.batch, k), dtype=np.float32)

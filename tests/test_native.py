@@ -14,6 +14,7 @@ from gguf.quants import dequantize
 
 from edgerun.backends import native as nv
 from edgerun.backends.base import QTensor
+from edgerun.quant.traits import TRAITS
 
 pytestmark = pytest.mark.skipif(not nv.available(), reason=f"native kernels not built ({nv.load_error()})")
 
@@ -22,7 +23,7 @@ FLOAT = [0, 1, 30]  # F32 F16 BF16
 ISAS = [
     i
     for i in ("scalar", "avx2", "avx512-vnni")
-    if nv.available() and nv.ISA_NAMES.index(i) <= nv._lib.er_isa_max()
+    if nv.available() and nv.ISA_NAMES.index(i) <= nv.ISA_NAMES.index(nv.isa_max())
 ]
 if "avx512-vnni" in ISAS:
     ISAS.append("avx512-vnni-unfused")
@@ -38,7 +39,7 @@ def make_weight(qt: int, n: int, k: int, rng: np.random.Generator) -> np.ndarray
     if qt == 30:
         f = rng.standard_normal((n, k)).astype(np.float32)
         return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
-    bs, ts = nv._BLOCK[qt]
+    bs, ts = TRAITS[qt].block_size, TRAITS[qt].type_size
     nb = k // bs
     raw = rng.integers(0, 256, (n, nb, ts), dtype=np.uint8)
 
@@ -97,12 +98,12 @@ def test_matmul(qt: int, isa: str, threads: int) -> None:
     _use_isa(isa)
     nv.set_threads(threads)
     rng = np.random.default_rng(qt * 7 + threads)
-    bs = nv._BLOCK[qt][0]
+    bs = TRAITS[qt].block_size
     ks = [256, 512, 768] if bs == 256 else [32, 96, 160, 512]
     if bs == 1:
         ks += [7, 45]
     for k in ks:
-        for n in (1, 7, 33, 48):  # 33, 48: whole 16-row tiles and a remainder (tile16.h)
+        for n in (1, 7, 33, 48):  # 33, 48: whole 16-row tiles and a remainder (the 16-row tile kernels)
             w = make_weight(qt, n, k, rng)
             wf = ref_weight(qt, w, k).astype(np.float64)
             for b in (1, 2, 5, 8):
@@ -125,7 +126,7 @@ def test_matmul_prefill_batches(qt: int) -> None:
     kernels in passes of 8 rows (16-row tiles for Q4_0/Q5_0/Q8_0); odd B and N."""
     nv.set_threads(2)
     rng = np.random.default_rng(100 + qt)
-    bs = nv._BLOCK[qt][0]
+    bs = TRAITS[qt].block_size
     for k in [256, 768] if bs == 256 else [96, 512]:
         for n in (1, 7, 33):
             w = make_weight(qt, n, k, rng)
@@ -216,7 +217,7 @@ def test_matvec_1d_and_large_batch() -> None:
 def test_get_rows(qt: int, isa: str) -> None:
     _use_isa(isa)
     rng = np.random.default_rng(qt)
-    k = 512 if nv._BLOCK[qt][0] > 1 else 72
+    k = 512 if TRAITS[qt].block_size > 1 else 72
     w = make_weight(qt, 9, k, rng)
     ids = np.array([8, 0, 3, 3])
     got = nv.get_rows(qt, w, ids, k)
@@ -292,16 +293,27 @@ def test_bad_input() -> None:
 
 
 def test_forced_fallback() -> None:
-    """EDGERUN_NO_NATIVE=1: available() is False and the module still answers (via Numba / numpy)."""
+    """EDGERUN_NO_NATIVE=1: available() is False, the registry answers with the Numba backend after
+    one warning naming the reason, and a direct native call says why it cannot run."""
     code = (
         "import numpy as np\n"
         "from edgerun.backends import native as nv\n"
+        "from edgerun.backends.registry import make_backend\n"
+        "from edgerun.backends.base import QTensor\n"
         "assert not nv.available()\n"
         "w = np.zeros((3, 18), np.uint8); w[:, 2:] = 0x99\n"
         "w[:, 0:2] = np.array([0.5], np.float16).view(np.uint8)\n"
-        "y = nv.matmul(2, w, np.ones((2, 32), np.float32))\n"
-        "assert y.shape == (2, 3) and np.allclose(y, 16.0), y\n"
-        "assert np.allclose(nv.rms_norm(np.ones((2, 8), np.float32), None, 0.0), 1.0)\n"
+        "for _ in range(2):\n"
+        "    be = make_backend('auto', 1)\n"
+        "    assert be.name == 'numba', be.name\n"
+        "    y = be.matmul(QTensor('w', 2, 32, 3, w), np.ones((2, 32), np.float32))\n"
+        "    assert y.shape == (2, 3) and np.allclose(y, 16.0), y\n"
+        "try:\n"
+        "    nv.matmul(2, w, np.ones((2, 32), np.float32))\n"
+        "except nv.NativeUnavailableError as e:\n"
+        "    assert 'EDGERUN_NO_NATIVE' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('a native call ran without the library')\n"
         "print('fallback ok')\n"
     )
     env = dict(os.environ, EDGERUN_NO_NATIVE="1")
@@ -309,6 +321,7 @@ def test_forced_fallback() -> None:
     assert r.returncode == 0, r.stderr
     assert "fallback ok" in r.stdout
     assert r.stderr.count("native kernels unavailable") == 1
+    assert "EDGERUN_NO_NATIVE" in r.stderr
 
 
 def test_portable_build_compiles(tmp_path) -> None:
@@ -405,7 +418,7 @@ def test_multi_row_pass_kernels_match_row_kernels(qt: int) -> None:
 
 @pytest.mark.parametrize("qt", [2, 6, 8, 12, 14])  # Q4_0, Q5_0, Q8_0, Q4_K, Q6_K
 def test_batch_tiles_match_decoding_kernels(qt: int) -> None:
-    """Batch tiles (native/tiles.h): products equal the kernels that decode the rows (for the
+    """Batch tiles (the repacked copy of a weight): products equal the kernels that decode the rows (for the
     legacy types the 16-row tiles' bit for bit from 3 rows on; the K-quants' sum in another order), for
     row counts that leave a tail, 1-16 activation rows and either thread count, and the reference;
     the kernels really read the tiles (a scribbled copy changes the result); matrices the tiles do

@@ -16,25 +16,27 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from gguf.constants import GGMLQuantizationType as _T
 from numba import njit, prange
 
 from edgerun.backends.base import QTensor
-from edgerun.quant.traits import TRAITS, row_bytes
+from edgerun.quant.traits import (
+    BF16,
+    F16,
+    F32,
+    Q4_0,
+    Q4_1,
+    Q4_K,
+    Q5_0,
+    Q5_1,
+    Q5_K,
+    Q6_K,
+    Q8_0,
+    SUPPORTED,
+    TRAITS,
+    row_bytes,
+    type_name,
+)
 
-F32 = int(_T.F32)
-F16 = int(_T.F16)
-BF16 = int(_T.BF16)
-Q4_0 = int(_T.Q4_0)
-Q4_1 = int(_T.Q4_1)
-Q5_0 = int(_T.Q5_0)
-Q5_1 = int(_T.Q5_1)
-Q8_0 = int(_T.Q8_0)
-Q4_K = int(_T.Q4_K)
-Q5_K = int(_T.Q5_K)
-Q6_K = int(_T.Q6_K)
-
-SUPPORTED: frozenset[int] = frozenset(TRAITS)
 _ROWS = 16  # rows per parallel work item of the matvec
 _SMALL_BATCH = 8  # up to this many rows of x use the fused kernel; above, chunked dequant + BLAS
 
@@ -327,7 +329,7 @@ def _geometry(qtype: int, k: int) -> tuple[int, int, np.ndarray]:
 
 def _check(qtype: int, data: np.ndarray, k: int) -> np.ndarray:
     if qtype not in SUPPORTED:
-        raise ValueError(f"numba backend: unsupported quant type {qtype}")
+        raise ValueError(f"numba backend: unsupported quant type {type_name(qtype)}")
     data = np.asarray(data)
     if qtype == F32:
         if data.dtype != np.float32 or data.ndim != 2 or data.shape[1] != k:
@@ -434,7 +436,7 @@ class NumbaBackend:
             set_threads(n_threads)
 
     def supports(self, op: str, qtype: int) -> bool:
-        """matmul and get_rows for every type in :data:`edgerun.quant.traits.TRAITS`."""
+        """matmul and get_rows for every type of :data:`edgerun.quant.traits.SUPPORTED`."""
         return op in ("matmul", "get_rows") and int(qtype) in SUPPORTED
 
     def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:

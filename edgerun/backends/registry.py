@@ -1,4 +1,10 @@
-"""Choose a CPU backend: native C kernels when built, else Numba; `reference` is the oracle."""
+"""Choose a CPU backend: the one place that decides what runs when the native kernels cannot.
+
+"auto" takes the native C kernels when their library is loaded, else the Numba kernels, and says
+so once per process on stderr with the reason (not built, ``EDGERUN_NO_NATIVE``, a stale build or
+an ABI mismatch: ``edgerun.backends.native.load_error()``). "native" refuses to run without the
+library; "numba" and "reference" (the slow oracle) are taken as asked.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +16,30 @@ BACKENDS = ("auto", "native", "numba", "reference")
 _warned = False
 
 
+def native_fallback_warning(reason: str | None) -> None:
+    """Print, once per process, that the native kernels are unavailable and why."""
+    global _warned
+    if not _warned:
+        print(f"edgerun: native kernels unavailable ({reason}), using the Numba kernels", file=sys.stderr)
+        _warned = True
+
+
 def make_backend(name: str = "auto", threads: int = 1) -> Backend:
     """Build the named backend with `threads` worker threads."""
-    global _warned
     if name not in BACKENDS:
         raise ValueError(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")
+    be: Backend
     if name in ("auto", "native"):
-        try:
-            from edgerun.backends import native
+        from edgerun.backends import native
 
-            ok = native.available()
-        except ImportError:
-            ok = False
-        if ok:
+        if native.available():
             be = native.NativeBackend()
             be.set_threads(threads)
             return be
         if name == "native":
-            raise RuntimeError("the native kernel library is not built (pip install -e . with a C compiler)")
-        if not _warned:
-            print("edgerun: native kernels unavailable, using the Numba kernels", file=sys.stderr)
-            _warned = True
+            raise RuntimeError(f"the native kernel library is unavailable ({native.load_error()}); "
+                               "build it with pip install -e . and a C compiler")
+        native_fallback_warning(native.load_error())
     if name == "reference":
         from edgerun.backends.reference import ReferenceBackend
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edgerun.backends.base import Backend, QTensor
+from edgerun.backends.base import Backend, FusedFFN, FusedLayers, FusedNorm, FusedStep, QTensor, implements
 from edgerun.quant.gguf_file import GGUFError, GGUFFile
 
 
@@ -528,32 +528,30 @@ class Transformer:
         for s0, n, want in zip(b.seq_starts, b.seq_lens, b.want_all):
             rows.append(np.arange(s0, s0 + n) if want else np.array([s0 + n - 1]))
         sel = np.concatenate(rows)
-        run_layers = getattr(self.backend, "run_layers", None)
-        run_step = getattr(self.backend, "run_step", None)
-        if not self.native_layers_ok:
-            run_layers = run_step = None
-        if run_layers is not None and run_step is not None:
+        be = self.backend
+        one_call = self.native_layers_ok  # MoE and RoPE factors take the per-layer path
+        if one_call and implements(be, FusedStep):
             # One native call for the step: embedding, layers, final norm and output head.
-            logits = run_step(self, b, kv, sel)
+            logits = be.run_step(self, b, kv, sel)
         else:
-            x = self.backend.get_rows(self.tok_embd, b.tokens)  # (T, D)
+            x = be.get_rows(self.tok_embd, b.tokens)  # (T, D)
             if a.embed_scale != 1.0:
                 x = x * np.float32(a.embed_scale)
-            if run_layers is not None:
+            if one_call and implements(be, FusedLayers):
                 # One native call for the whole layer stack (attention blocks and FFNs).
-                x = run_layers(self, x, b, kv)
+                x = be.run_layers(self, x, b, kv)
             else:
-                fused = getattr(self.backend, "ffn", None)
+                fused = be if implements(be, FusedFFN) else None
                 for i, ly in enumerate(self.layers):
                     x = x + self.attention_block(i, ly, x, b, kv)
                     if fused is not None and ly.post_ffn_norm is None and ly.moe is None:
                         # One native call: norm, gate/up, activation, down and the residual add.
-                        x = fused(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
+                        x = fused.ffn(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
                     else:
                         x = x + self.ffn_block(ly, x)
-            norm = getattr(self.backend, "rms_norm", None) or rms_norm
+            norm = be.rms_norm if implements(be, FusedNorm) else rms_norm
             h = norm(x[sel], self.out_norm, a.norm_eps)
-            logits = self.backend.matmul(self.output, h)  # (R, vocab)
+            logits = be.matmul(self.output, h)  # (R, vocab)
         out, r = [], 0
         for n, want in zip(b.seq_lens, b.want_all):
             m = n if want else 1

@@ -211,17 +211,33 @@ def _build() -> dict[int, QuantTraits]:
 
 TRAITS: dict[int, QuantTraits] = _build()
 
+# Type ids as plain ints (the on-disk ids; Numba folds them into its kernels as constants). The
+# backends take their ids from here; native/ and native/cuda/ spell the same numbers, which
+# tests/test_type_ids.py holds against this table.
+F32, F16, BF16 = int(T.F32), int(T.F16), int(T.BF16)
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = int(T.Q4_0), int(T.Q4_1), int(T.Q5_0), int(T.Q5_1), int(T.Q8_0)
+Q4_K, Q5_K, Q6_K = int(T.Q4_K), int(T.Q5_K), int(T.Q6_K)
+SUPPORTED: frozenset[int] = frozenset(TRAITS)
+FLOAT_TYPES: frozenset[int] = frozenset((F32, F16, BF16))
+QUANT_TYPES: frozenset[int] = SUPPORTED - FLOAT_TYPES
+# kernel-name suffix of each type ("q4_k": mul_mat_q4_k, dequant_q4_k in native/cuda/matmul.cu)
+TYPE_SUFFIX: dict[int, str] = {qt: t.name.lower() for qt, t in TRAITS.items()}
+
+
+def type_name(qtype: int) -> str:
+    """The GGML name of a type id ("Q4_K"), or the number itself for an id gguf does not know."""
+    try:
+        return T(int(qtype)).name
+    except ValueError:
+        return str(qtype)
+
 
 def traits(qtype: int) -> QuantTraits:
     """Traits of ``qtype``; raises ValueError naming the type if it is not supported."""
     try:
         return TRAITS[int(qtype)]
     except KeyError:
-        try:
-            name = T(int(qtype)).name
-        except ValueError:
-            name = str(qtype)
-        raise ValueError(f"unsupported quant type {name}") from None
+        raise ValueError(f"unsupported quant type {type_name(qtype)}") from None
 
 
 def row_bytes(qtype: int, k: int) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgerun.backends.base import FusedFFN, implements
 from edgerun.models.base import KVCache, SeqBatch, Transformer, rms_norm
 from edgerun.quant.gguf_file import GGUFFile
 from edgerun.runtime.planner import GPU, Plan, plan_placement
@@ -196,9 +197,9 @@ class HybridModel:
         """x + FFN(x) on the CPU: the backend's fused native FFN when it has one, else ffn_block."""
         m = self.model
         a = m.args
-        fused = getattr(m.backend, "ffn", None)
-        if fused is not None and ly.post_ffn_norm is None:
-            return fused(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
+        be = m.backend
+        if implements(be, FusedFFN) and ly.post_ffn_norm is None:
+            return be.ffn(x, ly.ffn_norm, a.norm_eps, ly.w_gate, ly.w_up, ly.w_down, a.activation)
         return x + m.ffn_block(ly, x)
 
     def _segments(self) -> list[tuple[int, bool, bool]]:

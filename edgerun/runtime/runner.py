@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgerun.backends.base import BatchTiles, implements
 from edgerun.backends.registry import make_backend
 from edgerun.models.base import KVCache, SeqBatch, Transformer
 from edgerun.models.registry import model_class
@@ -91,7 +92,7 @@ class Runner:
         self.pinned_bytes = 0
         # batch_tiles: the serving engine's batches read a second, tiled copy of the matrices
         # (runtime/weights.py build_tiles), made by the same background job
-        tiles = batch_tiles and getattr(self.backend, "name", "") == "native"
+        tiles = batch_tiles and implements(self.backend, BatchTiles)
         pin = self.pin_weights_at_init
         self._pin_job = (PinJob(self.model.tensors(), background=True, tiles=tiles, pin=pin)
                          if pin or tiles else None)
