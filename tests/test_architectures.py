@@ -50,8 +50,9 @@ def _logits_edgerun(path: Path, ids: list[int], backend: str) -> np.ndarray:
     cut = len(ids) - 4
     first = r.forward([SeqInput(np.array(ids[:cut], np.int32), 0, r.contiguous_table(len(ids)), True)])[0]
     rows = [first]
+    table = r.contiguous_table(len(ids))
     for p in range(cut, len(ids)):
-        rows.append(r.forward([SeqInput(np.array([ids[p]], np.int32), p, r.contiguous_table(len(ids)))])[0][None])
+        rows.append(r.forward([SeqInput(np.array([ids[p]], np.int32), p, table)])[0][None])
     return np.concatenate(rows)
 
 
