@@ -59,7 +59,7 @@ async def until(pilot, cond, timeout: float = 10.0) -> None:
 
 async def send(app, pilot, text: str) -> None:
     await pilot.click("#prompt")
-    app.chat.query_one("#prompt").value = text
+    app.chat.prompt.set_text(text)
     await pilot.press("enter")
 
 
@@ -113,7 +113,7 @@ async def test_escape_cancels_and_input_stays_responsive():
         await send(app, pilot, "long please")
         await until(pilot, lambda: app.chat.streaming)
         await pilot.press("a", "b", "c")
-        assert app.chat.query_one("#prompt").value == "abc"
+        assert app.chat.prompt.text == "abc"
         await pilot.press("escape")
         await wait_idle(app, pilot)
         reply = bubbles(app, "assistant")[0]
@@ -140,11 +140,21 @@ async def test_ctrl_n_clears_chat():
         assert len(app.store.list()) == 2
 
 
-async def test_load_failure_is_shown():
-    app = make_app(backend=ScriptedBackend(fail_load="file is not GGUF"))
+async def test_load_failure_is_shown_whole_in_a_dialog():
+    long_error = "file is not GGUF: " + " ".join(f"detail{i}" for i in range(60)) + " THE-END"
+    app = make_app(backend=ScriptedBackend(fail_load=long_error))
     async with app.run_test(size=(110, 36)) as pilot:
         await until(pilot, lambda: app.load_error is not None)
-        assert app.load_error == "file is not GGUF"
+        assert app.load_error == long_error
+        await until(pilot, lambda: type(app.screen).__name__ == "ErrorDialog")
+        await pilot.pause(0.1)
+        shown = " ".join(str(app.screen.query_one("#error-text").render()).split())
+        assert shown == long_error  # all of it, wrapped, not cut off
+        assert "RuntimeError" in app.screen.query_one("#error-detail").text  # the traceback
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.chat
+        assert "failed" in str(app.chat.stats.query_one("#load-stage").render())
         await send(app, pilot, "hi")
         await until(pilot, lambda: bool(bubbles(app, "error")))
 
@@ -244,7 +254,7 @@ async def test_model_picker_lists_catalog_and_switches(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGERUN_MODELS", str(models))
     made = []
 
-    def factory(spec):
+    def factory(spec, n_ctx):
         made.append(spec)
         return ScriptedBackend(model=spec)
 
@@ -313,7 +323,7 @@ async def test_export_current_chat(tmp_path):
         await wait_idle(app, pilot)
         await send(app, pilot, "export me")
         await wait_idle(app, pilot)
-        app.action_export()
+        app.chat.action_export()
         await pilot.pause()
         app.screen.query_one("#dialog-input").value = str(tmp_path / "out" / "c.md")
         await pilot.press("enter")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from textual.await_complete import AwaitComplete
 from textual.containers import VerticalScroll
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
@@ -28,6 +29,25 @@ class MessageBubble(Markdown):
             self._stream = Markdown.get_stream(self)
         await self._stream.write(fragment)
 
+    def restart(self) -> AwaitComplete:
+        """Empty the bubble for a new answer to the same turn (regenerate)."""
+        self.content = ""
+        self._stream = None
+        self.add_class("streaming")
+        return self.update("")
+
+    def show_text(self, text: str) -> AwaitComplete:
+        """Replace the whole content (browsing between answers)."""
+        self.content = text
+        return self.update(text)
+
+    def set_counter(self, shown: int, count: int, note: str = "") -> None:
+        """Bottom border: "‹ 2/3 ›" when the turn has several answers, then an optional note."""
+        parts = [f"‹ {shown + 1}/{count} ›"] if count > 1 else []
+        if note:
+            parts.append(note)
+        self.border_subtitle = " · ".join(parts)
+
     async def finish(self, note: str | None = None) -> None:
         """End streaming; an optional note (e.g. "stopped") goes in the bottom border."""
         if self._stream is not None:
@@ -42,6 +62,11 @@ class MessageList(VerticalScroll):
 
     def on_mount(self) -> None:
         self.anchor()
+
+    def last(self, role: str) -> MessageBubble | None:
+        """The last bubble of `role`, if any."""
+        found = [b for b in self.query(MessageBubble) if b.role == role]
+        return found[-1] if found else None
 
     def welcome(self, text: str) -> None:
         """Show the empty-chat hint."""
