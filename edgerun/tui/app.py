@@ -155,7 +155,8 @@ class ChatApp(App):
         """Open the model picker; the chosen model replaces the current one, keeping the chat."""
         def done(spec: str | None) -> None:
             if spec:
-                self.notify(f"Switching to {Path(spec).stem if spec.endswith('.gguf') else spec}")
+                name = Path(spec).stem if spec.endswith(".gguf") else spec
+                self.notify(f"Switching to {name}", markup=False)
                 self.session.switch(spec)
 
         self.push_screen(ModelPickerScreen(current=self.model_name), done)

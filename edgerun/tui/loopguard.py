@@ -14,7 +14,7 @@ from dataclasses import dataclass
 MIN_SPAN = 8  # shorter periods are rulers, indentation or ASCII art, not a model looping
 MAX_SPAN = 600
 MIN_REPEATS = 3
-MIN_REPEATED_CHARS = 240  # span * repeats: a 10-char span must repeat 24 times, a 100-char one 3
+MIN_REPEATED_CHARS = 200  # span * repeats: a 10-char span must repeat 20 times, a 100-char one 3
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ def find_loop(text: str, min_span: int = MIN_SPAN, max_span: int = MAX_SPAN,
         if period * need > n:
             continue
         span = text[n - period:]
+        if any(period % q == 0 and span == span[:q] * (period // q) for q in range(1, min_span)):
+            continue  # a ruler or a run of one character: its real period is below the minimum
         # text[-need*period:] == span * need, compared without building the long string
         if all(text[n - (k + 1) * period:n - k * period] == span for k in range(1, need)):
             k = need

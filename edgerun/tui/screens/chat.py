@@ -210,7 +210,7 @@ class ChatScreen(Screen):
             try:
                 args = shlex.split(stripped[5:])
             except ValueError as e:
-                self.notify(f"/file: {e}", severity="error")
+                self.notify(f"/file: {e}", severity="error", markup=False)
                 return
             if len(args) != 1:
                 self.notify("Usage: /file PATH (quote a path with spaces)", severity="warning")
@@ -230,7 +230,7 @@ class ChatScreen(Screen):
         try:
             att = read_text_file(path)
         except (AttachError, OSError) as e:
-            self.notify(f"Cannot attach: {e}", severity="error", timeout=10)
+            self.notify(f"Cannot attach: {e}", severity="error", timeout=10, markup=False)
             return False
         tokens, exact = self.session.count_tokens(att.as_markdown())
         att = Attachment(att.path, att.text, tokens, exact)
@@ -241,11 +241,11 @@ class ChatScreen(Screen):
             self.notify(f"Not attached: {att.name} is {'' if exact else '~'}{tokens} tokens; with the system "
                         f"prompt and the other attachments the message would need {need} of the "
                         f"{n_ctx}-token context. Raise the context size (F4) or attach less.",
-                        severity="error", timeout=15)
+                        severity="error", timeout=15, markup=False)
             return False
         self.attachments.append(att)
         self._show_attachments()
-        self.notify(f"Attached {att.name} ({'' if exact else '~'}{tokens} tokens)")
+        self.notify(f"Attached {att.name} ({'' if exact else '~'}{tokens} tokens)", markup=False)
         return True
 
     def _fixed_tokens(self) -> int:
@@ -568,11 +568,11 @@ class ChatScreen(Screen):
         where = f"; also saved to {saved}" if saved else ""
         if len(text.encode()) > OSC52_MAX_BYTES:
             self.notify(f"Too long for the terminal clipboard ({len(text)} characters){where}.",
-                        severity="warning", timeout=10)
+                        severity="warning", timeout=10, markup=False)
             return
         self.app.copy_to_clipboard(text)
         self.notify(f"Copied {len(text)} characters (OSC 52). If your terminal does not allow "
-                    f"OSC 52 clipboard access, nothing was copied{where}.", timeout=8)
+                    f"OSC 52 clipboard access, nothing was copied{where}.", timeout=8, markup=False)
 
     def action_toggle_panel(self) -> None:
         """Show or hide the side panel (more room for wide code)."""
@@ -666,8 +666,8 @@ class ChatScreen(Screen):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(conversation_markdown(title, self.messages, self._view.model_name))
             except OSError as e:
-                self.notify(f"Export failed: {e}", severity="error")
+                self.notify(f"Export failed: {e}", severity="error", markup=False)
                 return
-            self.notify(f"Exported to {out}")
+            self.notify(f"Exported to {out}", markup=False)
 
         self.app.push_screen(InputDialog("Export as Markdown to", default), done)

@@ -138,7 +138,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
         if row is None or self.pulling:
             return
         if row.downloaded:
-            self.notify(f"{row.name} is already downloaded")
+            self.notify(f"{row.name} is already downloaded", markup=False)
         else:
             self.start_pull(row, then_use=False)
 
@@ -181,9 +181,9 @@ class ModelPickerScreen(ModalScreen[str | None]):
     def _pull_done(self, row: ModelRow, then_use: bool, error: str | None) -> None:
         self.pulling = None
         if error:
-            self.app.notify(f"Pull failed: {error}", severity="error", timeout=10)
+            self.app.notify(f"Pull failed: {error}", severity="error", timeout=10, markup=False)
         else:
-            self.app.notify(f"Pulled {row.name}")
+            self.app.notify(f"Pulled {row.name}", markup=False)
         if not self.is_attached:
             return
         self.query_one("#pull-bar", ProgressBar).display = False

@@ -58,8 +58,7 @@ class PromptInput(TextArea):
             event.stop()
             event.prevent_default()
             self.post_message(self.RecallLast())
-            return
-        await super()._on_key(event)
+        # Anything else: Textual calls TextArea._on_key next (handlers run along the MRO).
 
     async def _on_paste(self, event: events.Paste) -> None:
         path = dropped_path(event.text) if not self.text.strip() else None
@@ -67,8 +66,7 @@ class PromptInput(TextArea):
             event.stop()
             event.prevent_default()
             self.post_message(self.FileDropped(path))
-            return
-        await super()._on_paste(event)
+        # Otherwise TextArea._on_paste inserts the text (handlers run along the MRO).
 
     def action_newline(self) -> None:
         """Insert a line break at the cursor."""
