@@ -92,14 +92,32 @@ async def test_send_and_stream_reply():
         assert conv.title == "Write a greet function" and conv.n_messages == 2
 
 
+class Gated(ScriptedBackend):
+    """Loads only when the test opens the gate (timing-free on a loaded machine)."""
+
+    def __init__(self, **kw):
+        import threading
+
+        super().__init__(**kw)
+        self.gate = threading.Event()
+
+    def load(self, progress_cb):
+        progress_cb(0, 0, "resolve")
+        for done in (0, 50_000_000, 100_000_000):
+            progress_cb(done, 200_000_000, "download")
+        self.gate.wait(30)
+        super().load(progress_cb)
+
+
 async def test_message_before_model_ready_is_queued():
-    backend = ScriptedBackend(delay=0.001, load_delay=3.0)
+    backend = Gated(delay=0.001)
     app = make_app(backend=backend)
     async with app.run_test(size=(110, 36)) as pilot:
         await pilot.pause(0.05)
         assert not app.ready
         await send(app, pilot, "hello early")
-        assert app.chat.waiting
+        assert app.chat.waiting and not backend.requests
+        backend.gate.set()
         await wait_idle(app, pilot)
         assert len(backend.requests) == 1
         assert bubbles(app, "assistant")[0].content
@@ -414,22 +432,12 @@ async def test_ctrl_b_toggles_side_panel():
 
 
 async def test_pull_progress_shows_in_side_panel():
-    class Pulling(ScriptedBackend):
-        def load(self, progress_cb):
-            for done in (0, 50_000_000, 100_000_000):
-                progress_cb(done, 200_000_000, "download")
-            import time
-
-            time.sleep(0.5)
-            super().load(progress_cb)
-
-    app = make_app(backend=Pulling())
+    backend = Gated()
+    app = make_app(backend=backend)
     async with app.run_test(size=(110, 36)) as pilot:
-        for _ in range(50):
-            await pilot.pause(0.02)
-            if "downloading" in str(app.chat.stats.query_one("#load-stage").render()):
-                break
+        await until(pilot, lambda: "downloading" in str(app.chat.stats.query_one("#load-stage").render()))
         assert "MB" in str(app.chat.stats.query_one("#load-stage").render())
         assert app.chat.stats.query_one("#load-bar").display
+        backend.gate.set()
         await wait_idle(app, pilot)
         assert not app.chat.stats.query_one("#load-bar").display

@@ -536,3 +536,33 @@ async def test_error_toast_is_not_cut_off(tmp_path):
         text = "".join("".join(seg.text for seg in line).strip("▌ ") for line in lines)
         squash = lambda t: "".join(t.split())  # wrapping drops the spaces at line ends
         assert squash(f"Cannot attach: no such file: {missing}") in squash(text)
+
+
+# ---- with a real model ---------------------------------------------------------------------------
+
+
+@pytest.mark.real
+@pytest.mark.timeout(600)
+async def test_real_base_model_completion_mode_and_seeded_regenerate(gemma_path):
+    """gemma-3-270m has no chat template: the app opens it in completion mode and sends raw
+    text (no made-up ChatML); with a fixed seed a regenerated answer repeats the first one,
+    so the seed reaches the engine's sampler."""
+    from edgerun.tui.backend import InProcessBackend
+
+    settings = Settings(temperature=0.9, seed=7, max_tokens=12, n_ctx=512)
+    backend = InProcessBackend(str(gemma_path), threads=2, ctx=512)
+    app = make_app(backend=backend, settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.ready, timeout=300)
+        await pilot.pause(0.1)
+        assert app.session.view.mode == "completion" and bubbles(app, "notice")
+        tokens, exact = app.session.count_tokens("def fibonacci(n):")
+        assert exact and tokens == len(backend.runner.tokenizer.encode("def fibonacci(n):", add_bos=False))
+        app.chat.send("The capital of France is")
+        await until(pilot, lambda: not app.chat.streaming, timeout=300)
+        first = app.chat.messages[-1]["content"]
+        assert first.strip() and "<|im_" not in first and "<start_of_turn>" not in first
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: app.chat.streaming, timeout=30)
+        await until(pilot, lambda: not app.chat.streaming, timeout=300)
+        assert app.chat.messages[-1]["variants"] == [first, first]

@@ -373,10 +373,10 @@ class ChatScreen(Screen):
             for ev in stream:
                 now = time.perf_counter()
                 if ev.text or ev.token_ids:
-                    if first is None:
-                        first = last_flush = now
                     n = max(n + max(len(ev.token_ids), 1), ev.usage.completion_tokens)
                     pending += ev.text
+                    if first is None:  # speed samples count tokens after the first
+                        first, last_flush, last_n = now, now, n
                 if ev.finish_reason is not None:
                     final = ev
                     break
@@ -572,7 +572,7 @@ class ChatScreen(Screen):
             return
         self.app.copy_to_clipboard(text)
         self.notify(f"Copied {len(text)} characters (OSC 52). If your terminal does not allow "
-                    f"OSC 52 clipboard access, nothing was copied{where}.", timeout=8, markup=False)
+                    f"OSC 52 clipboard access, nothing was copied{where}.", timeout=6, markup=False)
 
     def action_toggle_panel(self) -> None:
         """Show or hide the side panel (more room for wide code)."""

@@ -23,8 +23,8 @@ NUMBER_FIELDS: list[tuple[str, str, str, str]] = [
     ("repeat_penalty", "Repeat penalty", "number", "1 = off"),
     ("repeat_last_n", "Repeat window", "integer", "tokens; 0 = all"),
     ("seed", "Seed", "integer", "empty = random"),
-    ("max_tokens", "Max tokens", "integer", "0 = up to the context"),
-    ("n_ctx", "Context size", "integer", "tokens; reloads the model"),
+    ("max_tokens", "Max tokens", "integer", "0 = no limit"),
+    ("n_ctx", "Context size", "integer", "reloads the model"),
 ]
 
 
@@ -59,7 +59,8 @@ class SettingsScreen(ModalScreen[tuple[Settings, str] | None]):
                             value = getattr(s, name)
                             with Vertical(classes="field"):
                                 yield Label(f"{label} [dim]({hint})[/dim]", classes="field-label")
-                                yield Input("" if value is None else str(value), id=_id(name), type=kind)
+                                yield Input("" if value is None else str(value), id=_id(name), type=kind,
+                                            compact=True)
                 yield Label("Stop strings [dim](one per line; \\n is a newline)[/dim]", classes="field-label")
                 yield TextArea(format_stops(s.stop), id="stop", soft_wrap=True)
                 with Horizontal(classes="field-row"):

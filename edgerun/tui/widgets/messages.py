@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
+import re
+
 from textual.await_complete import AwaitComplete
 from textual.containers import VerticalScroll
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System", "error": "Error"}
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def verbatim_markdown(text: str) -> str:
+    """Markdown that renders `text` exactly as typed: every line kept (hard breaks),
+    indentation kept (non-breaking spaces), Markdown characters escaped. A pasted function
+    without a fence would otherwise collapse into one paragraph."""
+    out = []
+    for line in text.replace("\t", "    ").split("\n"):
+        body = line.lstrip(" ")
+        indent = len(line) - len(body)
+        # a blank line would end the paragraph (and drop the break): keep it as a non-breaking space
+        out.append("\u00a0" * max(indent, 0 if body else 1) + _MD_SPECIAL.sub(r"\\\1", body))
+    return "\\\n".join(out)
+
+
+def display_markdown(role: str, content: str) -> str:
+    """What a bubble renders: replies as Markdown; your own messages as typed, unless they
+    hold a fenced block (then you wrote Markdown on purpose, as attachments do)."""
+    if role == "user" and "```" not in content and "~~~" not in content:
+        return verbatim_markdown(content)
+    return content
 
 
 class MessageBubble(Markdown):
     """A single message rendered as Markdown; assistant replies grow while they stream."""
 
     def __init__(self, role: str, content: str = "", title: str | None = None) -> None:
-        super().__init__(content, classes=f"message {role}")
+        super().__init__(display_markdown(role, content), classes=f"message {role}")
         self.role = role
         self.content = content
         self.border_title = title or ROLE_TITLES.get(role, role)
@@ -39,7 +63,7 @@ class MessageBubble(Markdown):
     def show_text(self, text: str) -> AwaitComplete:
         """Replace the whole content (browsing between answers)."""
         self.content = text
-        return self.update(text)
+        return self.update(display_markdown(self.role, text))
 
     def set_counter(self, shown: int, count: int, note: str = "") -> None:
         """Bottom border: "‹ 2/3 ›" when the turn has several answers, then an optional note."""

@@ -11,20 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual import events
-from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
 from edgerun.tui.attach import dropped_path
 
-NEWLINE_KEYS = "ctrl+j,shift+enter,alt+enter"
+NEWLINE_KEYS = ("ctrl+j", "shift+enter", "alt+enter")
 NEWLINE_HELP = "Ctrl+J"
 
 
 class PromptInput(TextArea):
-    """A TextArea that sends on Enter."""
+    """A TextArea that sends on Enter.
 
-    BINDINGS = [Binding(NEWLINE_KEYS, "newline", "New line", show=False)]
+    Enter and the new-line keys are handled in `_on_key`, not as bindings: a binding runs
+    when the key event has bubbled up to the app, after the keys typed behind it were
+    inserted, so "abc Ctrl+J def" typed quickly would come out as "abcdef\n".
+    """
 
     class Submitted(Message):
         """Enter was pressed: `text` is the editor's content (not yet cleared)."""
@@ -49,6 +51,11 @@ class PromptInput(TextArea):
                          placeholder=placeholder, compact=True)
 
     async def _on_key(self, event: events.Key) -> None:
+        if event.key in NEWLINE_KEYS:
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+            return
         if event.key == "enter":
             event.stop()
             event.prevent_default()
@@ -67,10 +74,6 @@ class PromptInput(TextArea):
             event.prevent_default()
             self.post_message(self.FileDropped(path))
         # Otherwise TextArea._on_paste inserts the text (handlers run along the MRO).
-
-    def action_newline(self) -> None:
-        """Insert a line break at the cursor."""
-        self.insert("\n")
 
     def set_text(self, text: str) -> None:
         """Replace the content and put the cursor at its end."""
