@@ -46,7 +46,7 @@ def make_app(**kw):
     from edgerun.tui.app import ChatApp
 
     backend = kw.pop("backend", None) or ScriptedBackend(delay=0.002)
-    return ChatApp(backend, freeze_stats=True, **kw)
+    return ChatApp(backend, freeze_stats=kw.pop("freeze_stats", True), **kw)
 
 
 async def until(pilot, cond, timeout: float = 15.0) -> None:
@@ -496,7 +496,7 @@ async def test_sparkline_and_context_bar_after_a_reply():
     from textual.widgets import Sparkline
 
     backend = ScriptedBackend(tokens=[f"t{i} " for i in range(60)], delay=0.01, n_ctx=200)
-    app = make_app(backend=backend)
+    app = make_app(backend=backend, freeze_stats=False)  # frozen apps keep the sparkline still
     async with app.run_test(size=SIZE) as pilot:
         await idle(app, pilot)
         app.chat.send("count")

@@ -430,7 +430,8 @@ class ChatScreen(Screen):
         await bubble.write(text)
         self.stats.set_generation({**self.last_stats, "n_ctx": self._view.n_ctx,
                                    **{k: v for k, v in live.items() if v is not None}})
-        self.stats.set_speed_history(speeds)
+        if not self.frozen_time:  # wall-clock samples would make snapshots differ run to run
+            self.stats.set_speed_history(speeds)
 
     async def _on_finish(self, bubble: MessageBubble, tail: str, out: Reply, gen: int,
                          conv_id: int | None, target: dict[str, Any] | None) -> None:
