@@ -99,7 +99,14 @@ async def test_paste_of_40_lines_arrives_whole_and_enter_sends_it():
         sent = backend.requests[0][0][-1]["content"]
         assert sent == "Fix the bug:\ndef f():\n" + CODE_40
         assert len(backend.requests) == 1 and app.chat.prompt.text == ""
-        assert bubbles(app, "user")[0].content == sent
+        bubble = bubbles(app, "user")[0]
+        assert bubble.content == sent
+        # shown as typed: one screen line per line, indentation kept (not one Markdown paragraph)
+        strips = bubble.render_lines(bubble.region.reset_offset)
+        on_screen = ["".join(seg.text for seg in strip) for strip in strips]
+        assert sum("= compute(" in t for t in on_screen) == 40
+        assert any("│ def f():" in t for t in on_screen)
+        assert any("│     x39 = compute(39)  # line 39" in t for t in on_screen)
 
 
 async def test_up_in_empty_editor_recalls_last_message():
@@ -566,3 +573,28 @@ async def test_real_base_model_completion_mode_and_seeded_regenerate(gemma_path)
         await until(pilot, lambda: app.chat.streaming, timeout=30)
         await until(pilot, lambda: not app.chat.streaming, timeout=300)
         assert app.chat.messages[-1]["variants"] == [first, first]
+
+
+# ---- the session ---------------------------------------------------------------------------------
+
+
+async def test_session_publishes_load_states_to_subscribers():
+    """The app's ModelSession holds backend and state; screens learn of changes only through
+    its `changed` signal (loading -> ready, then loading -> failed on a bad switch)."""
+    seen = []
+
+    def factory(spec, n_ctx):
+        return ScriptedBackend(model=spec, fail_load="no such model: " + spec)
+
+    app = make_app(backend=ScriptedBackend(model="good"), backend_factory=factory)
+    async with app.run_test(size=SIZE) as pilot:
+        app.session.changed.subscribe(app.chat, lambda view: seen.append((view.state, view.model_name)))
+        await idle(app, pilot)
+        app.session.switch("bad")
+        await until(pilot, lambda: app.session.view.state == "failed")
+        await pilot.pause(0.1)
+        assert seen[-1] == ("failed", "bad")
+        assert ("loading", "bad") in seen
+        assert app.session.view.error == "no such model: bad"
+        assert app.sub_title == "bad"  # the app follows the same signal
+        assert type(app.screen).__name__ == "ErrorDialog"

@@ -28,7 +28,7 @@ from edgerun.tui.history import HistoryStore
 from edgerun.tui.screens import still_cursors
 from edgerun.tui.screens.chat import ChatScreen
 from edgerun.tui.screens.models import ModelPickerScreen
-from edgerun.tui.session import BackendFactory, ModelSession
+from edgerun.tui.session import BackendFactory, ModelSession, SessionView
 from edgerun.tui.settings import Settings, data_dir
 
 
@@ -125,11 +125,15 @@ class ChatApp(App):
 
     def on_mount(self) -> None:
         self.sub_title = self.model_name
+        self.session.changed.subscribe(self, self._session_changed)
         if self.freeze_stats:
             still_cursors(self.chat)
         else:
             self._start_probe()
         self.session.load()
+
+    def _session_changed(self, view: SessionView) -> None:
+        self.sub_title = view.model_name
 
     # ---- live system readings --------------------------------------------------------------------
 

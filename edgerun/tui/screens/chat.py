@@ -19,14 +19,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Header
 
 from edgerun.tui.attach import AttachError, Attachment, read_text_file
 from edgerun.tui.clipboard import OSC52_MAX_BYTES, code_blocks
 from edgerun.tui.history import HistoryStore, conversation_markdown, make_title, slugify
 from edgerun.tui.loopguard import find_loop
 from edgerun.tui.settings import CHAT_FIELDS, Settings, data_dir
-from edgerun.tui.widgets.messages import MessageBubble, MessageList
+from edgerun.tui.widgets.messages import AttachmentBar, MessageBubble, MessageList
 from edgerun.tui.widgets.prompt import NEWLINE_HELP, PromptInput
 from edgerun.tui.widgets.stats import StatsPanel
 
@@ -106,7 +106,7 @@ class ChatScreen(Screen):
         with Horizontal(id="body"):
             with Vertical(id="chat-pane"):
                 yield MessageList(id="messages")
-                yield Static("", id="attachments")
+                yield AttachmentBar(id="attachments")
                 yield PromptInput(placeholder=f"Message the model…  (Enter send · {NEWLINE_HELP} new line · "
                                   "Esc stop)", id="prompt")
             yield StatsPanel(id="stats")
@@ -154,7 +154,6 @@ class ChatScreen(Screen):
         before = self._view
         self._view = view
         stats = self.stats
-        self.app.sub_title = view.model_name
         note = "completion mode (no chat template)" if view.mode == "completion" else ""
         stats.set_model(view.model_name, str(view.info.get("backend", "")), note)
         p = view.progress
@@ -254,13 +253,7 @@ class ChatScreen(Screen):
         return self.session.count_tokens(sp)[0] if sp and not self.completion_mode else 0
 
     def _show_attachments(self) -> None:
-        box = self.query_one("#attachments", Static)
-        box.display = bool(self.attachments)
-        parts = [f"📎 {a.name} · {'' if a.exact else '~'}{a.tokens} tokens" for a in self.attachments]
-        total = sum(a.tokens for a in self.attachments)
-        n_ctx = self._view.n_ctx or self.settings.n_ctx
-        box.update("   ".join(parts) + f"   ({total} of {n_ctx} context tokens · /detach removes)"
-                   if parts else "")
+        self.query_one(AttachmentBar).show(self.attachments, self._view.n_ctx or self.settings.n_ctx)
 
     # ---- sending -------------------------------------------------------------------------------
 
@@ -310,7 +303,7 @@ class ChatScreen(Screen):
         del self.messages[i:]
         if self.conversation_id is not None and last.get("id") is not None:
             self.store.delete_from(self.conversation_id, last["id"])
-        bubbles = list(self.message_list.query(MessageBubble))
+        bubbles = list(self.message_list.query(".message"))
         users = [b for b in bubbles if b.role == "user"]
         if users:
             for b in bubbles[bubbles.index(users[-1]):]:
@@ -344,9 +337,9 @@ class ChatScreen(Screen):
             assert bubble is not None, "regenerate needs an answer on screen"
             bubble.restart()
         else:
-            bubble = self.message_list.add("assistant", "", title=self._view.model_name)
+            bubble = self.message_list.add_reply(self._view.model_name)
             bubble.add_class("streaming")
-        bubble.border_subtitle = "thinking…"
+        bubble.set_note("thinking…")
         request: Any = self._document() if self.completion_mode else self._prompt_messages(settings)
         self.stats.set_generation({**self.last_stats, "tok_s": None, "ttft_s": None, "completion": 0})
         self.stats.set_speed_history([])
@@ -426,7 +419,7 @@ class ChatScreen(Screen):
                         gen: int) -> None:
         if gen != self._gen or not bubble.is_attached:
             return
-        bubble.border_subtitle = "▍ streaming"
+        bubble.set_note("▍ streaming")
         await bubble.write(text)
         self.stats.set_generation({**self.last_stats, "n_ctx": self._view.n_ctx,
                                    **{k: v for k, v in live.items() if v is not None}})
@@ -577,7 +570,7 @@ class ChatScreen(Screen):
 
     def action_toggle_panel(self) -> None:
         """Show or hide the side panel (more room for wide code)."""
-        self.stats.display = not self.stats.display
+        self.stats.toggle()
 
     def action_new_chat(self) -> None:
         """Start an empty conversation (a running reply is stopped and kept in history)."""
@@ -612,7 +605,7 @@ class ChatScreen(Screen):
         lst.remove_children()
         for m in self.messages:
             bubble = lst.add(m["role"], m["content"])
-            if m["role"] == "assistant":
+            if isinstance(bubble, MessageBubble) and m["role"] == "assistant":
                 bubble.set_counter(m["shown"], len(m["variants"]))
         lst.anchor()
 

@@ -2,43 +2,43 @@
 
 from __future__ import annotations
 
-import re
+from typing import TypeVar
 
+from rich.text import Text
 from textual.await_complete import AwaitComplete
 from textual.containers import VerticalScroll
+from textual.widget import Widget
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from edgerun.tui.attach import Attachment
+
+BubbleT = TypeVar("BubbleT", bound=Widget)
 ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System", "error": "Error"}
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
 
 
-def verbatim_markdown(text: str) -> str:
-    """Markdown that renders `text` exactly as typed: every line kept (hard breaks),
-    indentation kept (non-breaking spaces), Markdown characters escaped. A pasted function
-    without a fence would otherwise collapse into one paragraph."""
-    out = []
-    for line in text.replace("\t", "    ").split("\n"):
-        body = line.lstrip(" ")
-        indent = len(line) - len(body)
-        # a blank line would end the paragraph (and drop the break): keep it as a non-breaking space
-        out.append("\u00a0" * max(indent, 0 if body else 1) + _MD_SPECIAL.sub(r"\\\1", body))
-    return "\\\n".join(out)
+def is_plain(role: str, content: str) -> bool:
+    """Your own messages show as typed (every line and indent kept) unless they hold a fenced
+    block: then they were written as Markdown on purpose, as attachments are."""
+    return role == "user" and "```" not in content and "~~~" not in content
 
 
-def display_markdown(role: str, content: str) -> str:
-    """What a bubble renders: replies as Markdown; your own messages as typed, unless they
-    hold a fenced block (then you wrote Markdown on purpose, as attachments do)."""
-    if role == "user" and "```" not in content and "~~~" not in content:
-        return verbatim_markdown(content)
-    return content
+class PlainBubble(Static):
+    """A message shown verbatim: a pasted function without a fence would otherwise collapse
+    into one Markdown paragraph."""
+
+    def __init__(self, role: str, content: str, title: str | None = None) -> None:
+        super().__init__(Text(content), classes=f"message {role} plain")
+        self.role = role
+        self.content = content
+        self.border_title = title or ROLE_TITLES.get(role, role)
 
 
 class MessageBubble(Markdown):
     """A single message rendered as Markdown; assistant replies grow while they stream."""
 
     def __init__(self, role: str, content: str = "", title: str | None = None) -> None:
-        super().__init__(display_markdown(role, content), classes=f"message {role}")
+        super().__init__(content, classes=f"message {role}")
         self.role = role
         self.content = content
         self.border_title = title or ROLE_TITLES.get(role, role)
@@ -63,7 +63,11 @@ class MessageBubble(Markdown):
     def show_text(self, text: str) -> AwaitComplete:
         """Replace the whole content (browsing between answers)."""
         self.content = text
-        return self.update(display_markdown(self.role, text))
+        return self.update(text)
+
+    def set_note(self, note: str) -> None:
+        """The bottom border's text while the answer streams ("thinking…", "streaming")."""
+        self.border_subtitle = note
 
     def set_counter(self, shown: int, count: int, note: str = "") -> None:
         """Bottom border: "‹ 2/3 ›" when the turn has several answers, then an optional note."""
@@ -97,12 +101,33 @@ class MessageList(VerticalScroll):
         self.remove_children()
         self.mount(Static(text, classes="welcome"))
 
-    def add(self, role: str, content: str = "", title: str | None = None) -> MessageBubble:
-        """Append a bubble and scroll to it."""
+    def add(self, role: str, content: str = "", title: str | None = None) -> MessageBubble | PlainBubble:
+        """Append a bubble and scroll to it (your own plain messages get a verbatim one)."""
+        if is_plain(role, content):
+            return self._append(PlainBubble(role, content, title))
+        return self._append(MessageBubble(role, content, title))
+
+    def add_reply(self, title: str) -> MessageBubble:
+        """Append an empty answer bubble to stream into."""
+        return self._append(MessageBubble("assistant", "", title))
+
+    def _append(self, bubble: BubbleT) -> BubbleT:
         for w in self.query(".welcome"):
             w.remove()
-        bubble = MessageBubble(role, content, title)
         self.mount(bubble)
         self._anchor_released = False  # a new message brings the view back to the bottom
         self.anchor()
         return bubble
+
+
+class AttachmentBar(Static):
+    """The files waiting to go with the next message, with their token counts; hidden when
+    there are none."""
+
+    def show(self, attachments: list[Attachment], n_ctx: int) -> None:
+        """List `attachments` against a context of `n_ctx` tokens."""
+        self.display = bool(attachments)
+        parts = [f"📎 {a.name} · {'' if a.exact else '~'}{a.tokens} tokens" for a in attachments]
+        total = sum(a.tokens for a in attachments)
+        self.update("   ".join(parts) + f"   ({total} of {n_ctx} context tokens · /detach removes)"
+                    if parts else "")

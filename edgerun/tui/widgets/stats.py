@@ -146,6 +146,10 @@ class StatsPanel(VerticalScroll):
         self.query_one("#tps-spark", Sparkline).data = list(samples)
 
 
+    def toggle(self) -> None:
+        """Show or hide the panel."""
+        self.display = not self.display
+
     def set_system(self, s: dict[str, str]) -> None:
         """Update CPU, RAM, GPU and VRAM readings (already formatted)."""
         rows = [(k, s.get(k, "–")) for k in ("CPU", "RAM", "GPU", "VRAM")]
