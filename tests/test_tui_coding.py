@@ -397,6 +397,23 @@ async def test_context_size_change_reloads_the_model():
         assert app.session.view.n_ctx == 8192
 
 
+async def test_context_size_of_a_server_is_not_ours_and_says_so():
+    class Remote(ScriptedBackend):
+        local_context = False
+
+    made = []
+    app = make_app(backend=Remote(), backend_factory=lambda spec, n: made.append(spec))
+    async with app.run_test(size=SIZE) as pilot:
+        await idle(app, pilot)
+        await pilot.press("f4")
+        await pilot.pause()
+        app.screen.query_one("#n-ctx").value = "8192"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert made == [] and app.ready
+        assert any("this server decides its own" in str(n.message) for n in app._notifications)
+
+
 async def test_loop_guard_stops_a_repeating_reply():
     para = "The function returns the sum of the list. "
     backend = ScriptedBackend(tokens=["Sure. "] + [para] * 40, delay=0.003)
@@ -598,3 +615,46 @@ async def test_session_publishes_load_states_to_subscribers():
         assert app.session.view.error == "no such model: bad"
         assert app.sub_title == "bad"  # the app follows the same signal
         assert type(app.screen).__name__ == "ErrorDialog"
+
+
+def test_http_backend_sends_every_setting_and_completes_raw_text():
+    """Over HTTP the settings go out under llama.cpp's server names; completion mode posts to
+    /v1/completions; "no limit" leaves max_tokens to the server."""
+    import json
+
+    import httpx
+
+    from edgerun.tui.backend import HttpBackend
+
+    chunks = [{"choices": [{"text": " = 1", "finish_reason": None}]},
+              {"choices": [{"text": "\n", "finish_reason": "stop"}]}]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    seen: list[tuple[str, dict]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m1", "context_length": 4096}]})
+        seen.append((request.url.path, json.loads(request.content)))
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    transport = httpx.MockTransport(handler)
+    orig_client, orig_get = httpx.Client, httpx.get
+    try:
+        httpx.Client = lambda **kw: orig_client(transport=transport, **kw)
+        httpx.get = lambda url, **kw: orig_client(transport=transport).get(url, **kw)
+        be = HttpBackend("http://srv")
+        be.load(lambda d, t, s: None)
+        settings = Settings(seed=3, top_k=5, min_p=0.1, repeat_penalty=1.2, repeat_last_n=32,
+                            stop=["END"], max_tokens=0)
+        evs = list(be.stream_completion("x", settings.sampling_params(be.n_ctx)))
+        chat = [{"role": "user", "content": "hi"}]
+        list(be.stream_chat(chat, Settings(max_tokens=50).sampling_params(4096)))
+    finally:
+        httpx.Client, httpx.get = orig_client, orig_get
+    assert "".join(e.text for e in evs) == " = 1\n" and evs[-1].finish_reason == "stop"
+    path, sent = seen[0]
+    assert path == "/v1/completions" and sent["prompt"] == "x" and "messages" not in sent
+    assert (sent["seed"], sent["top_k"], sent["min_p"], sent["repeat_penalty"], sent["repeat_last_n"],
+            sent["stop"]) == (3, 5, 0.1, 1.2, 32, ["END"])
+    assert "max_tokens" not in sent  # unlimited: the server's own limit applies
+    assert seen[1][0] == "/v1/chat/completions" and seen[1][1]["max_tokens"] == 50

@@ -96,6 +96,8 @@ DEFAULT_SCRIPT = [
 class ScriptedBackend:
     """Streams a fixed list of text pieces with small delays: for tests and demos."""
 
+    local_context = True  # stands in for an in-process model: the app picks its context size
+
     def __init__(self, tokens: list[str] | None = None, delay: float = 0.01, load_delay: float = 0.0,
                  model: str = "scripted-model", n_ctx: int = 4096, n_layers: int = 24,
                  fail_load: str | None = None, chat_template: bool = True) -> None:
@@ -165,6 +167,8 @@ class ScriptedBackend:
 class InProcessBackend:
     """The edgerun engine in this process: resolve (and pull) the model, build a Runner and
     an Engine, and stream chat completions from it."""
+
+    local_context = True  # the context size is ours to choose (a server decides its own)
 
     def __init__(self, model_spec: str, threads: int | None = None, ctx: int = 4096,
                  placement: Any = None) -> None:

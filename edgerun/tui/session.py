@@ -131,12 +131,21 @@ class ModelSession:
         if self.ready:
             self._publish(info=self.info())
 
-    def set_settings(self, settings: Settings) -> None:
-        """Replace the global settings; a new context size reloads the model."""
+    @property
+    def sizes_context(self) -> bool:
+        """True when this process picks the context size (an in-process model); a server
+        decides its own."""
+        return bool(getattr(self.backend, "local_context", False))
+
+    def set_settings(self, settings: Settings) -> bool:
+        """Replace the global settings; a new context size reloads an in-process model.
+        Returns True when the model is being reloaded."""
         old = self._view.settings
         self._publish(settings=settings)
-        if settings.n_ctx != old.n_ctx and self._view.state != "loading":
-            self.switch(self._view.model_name if self.spec is None else self.spec)
+        if settings.n_ctx != old.n_ctx and self.sizes_context and self._view.state != "loading":
+            self.switch(self.spec or self._view.model_name)
+            return True
+        return False
 
     @property
     def spec(self) -> str | None:

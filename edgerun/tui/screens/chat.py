@@ -634,9 +634,17 @@ class ChatScreen(Screen):
                 self.notify("Settings saved for this chat")
             else:
                 keep = {k: v for k, v in self.overrides.items() if k in CHAT_FIELDS}
-                self.session.set_settings(new)
+                old_ctx = self.session.settings.n_ctx
+                reloading = self.session.set_settings(new)
                 self.overrides = {k: v for k, v in keep.items() if getattr(new, k) != v}
-                self.notify("Settings saved")
+                if reloading:
+                    self.notify(f"Settings saved; reloading the model with a {new.n_ctx}-token context",
+                                markup=False)
+                elif new.n_ctx != old_ctx:
+                    self.notify("Settings saved. The context size applies to in-process models; "
+                                "this server decides its own.", severity="warning", timeout=10)
+                else:
+                    self.notify("Settings saved")
             self._show_attachments()
 
         self.app.push_screen(SettingsScreen(self.settings, chat_only=bool(self.overrides)), done)
