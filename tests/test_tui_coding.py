@@ -230,6 +230,7 @@ async def test_edit_and_resend_replaces_the_last_turn():
         await idle(app, pilot)
         await pilot.press("ctrl+g")
         assert app.chat.prompt.text == "Write a sort in C" and app.chat.editing
+        assert "Editing your last message" in str(app.chat.query_one("#attachments").render())
         app.chat.prompt.set_text("Write a sort in Rust")
         await pilot.press("enter")
         await idle(app, pilot)
@@ -239,6 +240,11 @@ async def test_edit_and_resend_replaces_the_last_turn():
         assert [b.content for b in app.chat.query(".message")] == app_contents(app)
         stored = [m["content"] for m in app.store.messages(app.chat.conversation_id)]
         assert stored == ["Hello", "one", "Write a sort in Rust", "three"]
+        assert not app.chat.editing and not app.chat.query_one("#attachments").display
+        # Esc leaves edit mode without sending
+        await pilot.press("ctrl+g")
+        await pilot.press("escape")
+        assert not app.chat.editing and app.chat.prompt.text == "" and len(backend.requests) == 3
 
 
 def app_contents(app):

@@ -253,7 +253,8 @@ class ChatScreen(Screen):
         return self.session.count_tokens(sp)[0] if sp and not self.completion_mode else 0
 
     def _show_attachments(self) -> None:
-        self.query_one(AttachmentBar).show(self.attachments, self._view.n_ctx or self.settings.n_ctx)
+        self.query_one(AttachmentBar).show(self.attachments, self._view.n_ctx or self.settings.n_ctx,
+                                           self.editing)
 
     # ---- sending -------------------------------------------------------------------------------
 
@@ -487,7 +488,7 @@ class ChatScreen(Screen):
         elif self.editing:
             self.editing = False
             self.prompt.clear()
-            self.notify("Edit cancelled.")
+            self._show_attachments()
 
     def _idle_or_warn(self) -> bool:
         if self.streaming or self.waiting:
@@ -538,7 +539,7 @@ class ChatScreen(Screen):
         self.editing = True
         self.prompt.set_text(last["content"])
         self.prompt.focus()
-        self.notify("Editing your last message: Enter resends it, Esc cancels.")
+        self._show_attachments()
 
     def action_copy(self) -> None:
         """Copy a code block of the last answer, or the whole answer, to the clipboard."""

@@ -121,13 +121,17 @@ class MessageList(VerticalScroll):
 
 
 class AttachmentBar(Static):
-    """The files waiting to go with the next message, with their token counts; hidden when
-    there are none."""
+    """Above the editor: the files waiting to go with the next message, with their token
+    counts, and whether Enter will replace the last message (edit mode). Hidden when empty."""
 
-    def show(self, attachments: list[Attachment], n_ctx: int) -> None:
-        """List `attachments` against a context of `n_ctx` tokens."""
-        self.display = bool(attachments)
+    def show(self, attachments: list[Attachment], n_ctx: int, editing: bool = False) -> None:
+        """List `attachments` against a context of `n_ctx` tokens; flag edit mode."""
+        lines = []
+        if editing:
+            lines.append("✎ Editing your last message: Enter replaces it and its answers, Esc cancels")
         parts = [f"📎 {a.name} · {'' if a.exact else '~'}{a.tokens} tokens" for a in attachments]
-        total = sum(a.tokens for a in attachments)
-        self.update("   ".join(parts) + f"   ({total} of {n_ctx} context tokens · /detach removes)"
-                    if parts else "")
+        if parts:
+            total = sum(a.tokens for a in attachments)
+            lines.append("   ".join(parts) + f"   ({total} of {n_ctx} context tokens · /detach removes)")
+        self.display = bool(lines)
+        self.update(Text("\n".join(lines)))
