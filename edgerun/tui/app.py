@@ -25,7 +25,6 @@ from textual.signal import Signal
 from edgerun.tui import register  # noqa: F401 - re-exported for the CLI
 from edgerun.tui.backend import ChatBackend, InProcessBackend
 from edgerun.tui.history import HistoryStore
-from edgerun.tui.screens import still_cursors
 from edgerun.tui.screens.chat import ChatScreen
 from edgerun.tui.screens.models import ModelPickerScreen
 from edgerun.tui.session import BackendFactory, ModelSession, SessionView
@@ -126,9 +125,7 @@ class ChatApp(App):
     def on_mount(self) -> None:
         self.sub_title = self.model_name
         self.session.changed.subscribe(self, self._session_changed)
-        if self.freeze_stats:
-            still_cursors(self.chat)
-        else:
+        if not self.freeze_stats:
             self._start_probe()
         self.session.load()
 

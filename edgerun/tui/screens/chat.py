@@ -25,6 +25,7 @@ from edgerun.tui.attach import AttachError, Attachment, read_text_file
 from edgerun.tui.clipboard import OSC52_MAX_BYTES, code_blocks
 from edgerun.tui.history import HistoryStore, conversation_markdown, make_title, slugify
 from edgerun.tui.loopguard import find_loop
+from edgerun.tui.screens import still_cursors
 from edgerun.tui.settings import CHAT_FIELDS, Settings, data_dir
 from edgerun.tui.widgets.messages import AttachmentBar, MessageBubble, MessageList
 from edgerun.tui.widgets.prompt import NEWLINE_HELP, PromptInput
@@ -113,6 +114,7 @@ class ChatScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        still_cursors(self)  # here, not in the app's on_mount: that may run before this screen exists
         self.message_list.welcome(WELCOME)
         self._show_attachments()
         self.prompt.focus()

@@ -137,9 +137,10 @@ class StatsPanel(VerticalScroll):
     def set_generation(self, g: dict[str, Any]) -> None:
         """Update tok/s, TTFT, token counts and the context bar."""
         self.query_one("#gen", Static).update(_rows(self._gen_rows(g)))
-        width = max(10, self.scrollable_content_region.width or 30)
+        # a fixed width: the panel is 34 cells wide in app.tcss, and a width read from the layout
+        # changes with the scrollbar (snapshots differed by a cell)
         self.query_one("#ctx-bar", Static).update(context_bar(int(g.get("ctx_used") or 0),
-                                                              int(g.get("n_ctx") or 0), width))
+                                                              int(g.get("n_ctx") or 0), 30))
 
     def set_speed_history(self, samples: list[float]) -> None:
         """The reply's tokens per second, one sample per screen update, for the sparkline."""
