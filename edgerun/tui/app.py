@@ -22,7 +22,6 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 from textual.signal import Signal
 
-from edgerun.tui import register  # noqa: F401 - re-exported for the CLI
 from edgerun.tui.backend import ChatBackend, InProcessBackend
 from edgerun.tui.history import HistoryStore
 from edgerun.tui.screens.chat import ChatScreen
