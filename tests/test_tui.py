@@ -59,7 +59,7 @@ async def until(pilot, cond, timeout: float = 10.0) -> None:
 
 async def send(app, pilot, text: str) -> None:
     await pilot.click("#prompt")
-    app.chat.query_one("#prompt").value = text
+    app.chat.prompt.set_text(text)
     await pilot.press("enter")
 
 
@@ -92,14 +92,32 @@ async def test_send_and_stream_reply():
         assert conv.title == "Write a greet function" and conv.n_messages == 2
 
 
+class Gated(ScriptedBackend):
+    """Loads only when the test opens the gate (timing-free on a loaded machine)."""
+
+    def __init__(self, **kw):
+        import threading
+
+        super().__init__(**kw)
+        self.gate = threading.Event()
+
+    def load(self, progress_cb):
+        progress_cb(0, 0, "resolve")
+        for done in (0, 50_000_000, 100_000_000):
+            progress_cb(done, 200_000_000, "download")
+        self.gate.wait(30)
+        super().load(progress_cb)
+
+
 async def test_message_before_model_ready_is_queued():
-    backend = ScriptedBackend(delay=0.001, load_delay=3.0)
+    backend = Gated(delay=0.001)
     app = make_app(backend=backend)
     async with app.run_test(size=(110, 36)) as pilot:
         await pilot.pause(0.05)
         assert not app.ready
         await send(app, pilot, "hello early")
-        assert app.chat.waiting
+        assert app.chat.waiting and not backend.requests
+        backend.gate.set()
         await wait_idle(app, pilot)
         assert len(backend.requests) == 1
         assert bubbles(app, "assistant")[0].content
@@ -113,7 +131,7 @@ async def test_escape_cancels_and_input_stays_responsive():
         await send(app, pilot, "long please")
         await until(pilot, lambda: app.chat.streaming)
         await pilot.press("a", "b", "c")
-        assert app.chat.query_one("#prompt").value == "abc"
+        assert app.chat.prompt.text == "abc"
         await pilot.press("escape")
         await wait_idle(app, pilot)
         reply = bubbles(app, "assistant")[0]
@@ -140,11 +158,21 @@ async def test_ctrl_n_clears_chat():
         assert len(app.store.list()) == 2
 
 
-async def test_load_failure_is_shown():
-    app = make_app(backend=ScriptedBackend(fail_load="file is not GGUF"))
+async def test_load_failure_is_shown_whole_in_a_dialog():
+    long_error = "file is not GGUF: " + " ".join(f"detail{i}" for i in range(60)) + " THE-END"
+    app = make_app(backend=ScriptedBackend(fail_load=long_error))
     async with app.run_test(size=(110, 36)) as pilot:
         await until(pilot, lambda: app.load_error is not None)
-        assert app.load_error == "file is not GGUF"
+        assert app.load_error == long_error
+        await until(pilot, lambda: type(app.screen).__name__ == "ErrorDialog")
+        await pilot.pause(0.1)
+        shown = " ".join(str(app.screen.query_one("#error-text").render()).split())
+        assert shown == long_error  # all of it, wrapped, not cut off
+        assert "RuntimeError" in app.screen.query_one("#error-detail").text  # the traceback
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.chat
+        assert "failed" in str(app.chat.stats.query_one("#load-stage").render())
         await send(app, pilot, "hi")
         await until(pilot, lambda: bool(bubbles(app, "error")))
 
@@ -244,7 +272,7 @@ async def test_model_picker_lists_catalog_and_switches(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGERUN_MODELS", str(models))
     made = []
 
-    def factory(spec):
+    def factory(spec, n_ctx):
         made.append(spec)
         return ScriptedBackend(model=spec)
 
@@ -313,7 +341,7 @@ async def test_export_current_chat(tmp_path):
         await wait_idle(app, pilot)
         await send(app, pilot, "export me")
         await wait_idle(app, pilot)
-        app.action_export()
+        app.chat.action_export()
         await pilot.pause()
         app.screen.query_one("#dialog-input").value = str(tmp_path / "out" / "c.md")
         await pilot.press("enter")
@@ -404,22 +432,12 @@ async def test_ctrl_b_toggles_side_panel():
 
 
 async def test_pull_progress_shows_in_side_panel():
-    class Pulling(ScriptedBackend):
-        def load(self, progress_cb):
-            for done in (0, 50_000_000, 100_000_000):
-                progress_cb(done, 200_000_000, "download")
-            import time
-
-            time.sleep(0.5)
-            super().load(progress_cb)
-
-    app = make_app(backend=Pulling())
+    backend = Gated()
+    app = make_app(backend=backend)
     async with app.run_test(size=(110, 36)) as pilot:
-        for _ in range(50):
-            await pilot.pause(0.02)
-            if "downloading" in str(app.chat.stats.query_one("#load-stage").render()):
-                break
+        await until(pilot, lambda: "downloading" in str(app.chat.stats.query_one("#load-stage").render()))
         assert "MB" in str(app.chat.stats.query_one("#load-stage").render())
         assert app.chat.stats.query_one("#load-bar").display
+        backend.gate.set()
         await wait_idle(app, pilot)
         assert not app.chat.stats.query_one("#load-bar").display

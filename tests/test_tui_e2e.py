@@ -1,7 +1,10 @@
 """End to end: the real `edgerun chat` with the real qwen2.5-coder-0.5b-instruct in tmux.
 
-Measures the time to the first frame and the keystroke echo while a reply streams, and
-prints the captured pane of the conversation.
+Pastes a multi-line code block with a bracketed paste (tmux `paste-buffer -p`), reads a
+reply that refers to it, regenerates it, copies its code block through OSC 52 into tmux's
+buffer and opens the settings screen. Measures the time to the first frame and the
+keystroke echo while a reply streams, and prints the captured panes. With
+`EDGERUN_TUI_CAPTURE=DIR` the panes are also written to DIR/tui-*.txt (docs/ has them).
 """
 
 from __future__ import annotations
@@ -59,10 +62,35 @@ def session(tmp_path):
     home.mkdir()
     (home / "chat_settings.json").write_text(json.dumps(
         {"system_prompt": "You are a helpful coding assistant. Be brief.", "temperature": 0.0,
-         "top_p": 1.0, "max_tokens": 96}))
+         "top_p": 1.0, "max_tokens": 160}))
     name = f"edgerun-e2e-{os.getpid()}"
     yield name, home
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+BUGGY = """def average_of_positives(values):
+    total = 0
+    count = 0
+    for v in values:
+        if v > 0:
+            total += v
+    return total / count"""
+
+
+def _keys(session: str, *keys: str, literal: bool = False) -> None:
+    subprocess.run(["tmux", "send-keys", "-t", session, *(["-l"] if literal else []), *keys], check=True)
+
+
+def _capture(name: str, pane: str) -> None:
+    print(f"---- {name} ----\n{pane}\n--------------")
+    out = os.environ.get("EDGERUN_TUI_CAPTURE")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        text = "\n".join(line.rstrip() for line in pane.splitlines()) + "\n"
+        (Path(out) / f"tui-{name}.txt").write_text(text)
+
+
+DONE = r"\d+ tokens · [\d.]+ tok/s|max tokens reached|stopped"
 
 
 def test_real_chat_in_tmux(session):
@@ -76,6 +104,8 @@ def test_real_chat_in_tmux(session):
     subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", "-c", str(ROOT),
                     cmd], check=True)
     subprocess.run(["tmux", "resize-window", "-t", name, "-x", "120", "-y", "40"], capture_output=True)
+    # let the app set tmux's buffer through OSC 52 (the default, "external", ignores it)
+    subprocess.run(["tmux", "set-option", "-t", name, "-s", "set-clipboard", "on"], capture_output=True)
     _wait_for(name, r"edgerun chat", timeout=10)
     first_frame = time.perf_counter() - t0
     print(f"\nfirst frame after {first_frame:.3f} s")
@@ -83,27 +113,67 @@ def test_real_chat_in_tmux(session):
     load_s, _ = _wait_for(name, r"● ready", timeout=300, poll=0.2)
     print(f"model ready after {load_s:.1f} s more")
 
-    question = "Write a Python function that returns the sum of a list."
-    subprocess.run(["tmux", "send-keys", "-t", name, "-l", question], check=True)
-    subprocess.run(["tmux", "send-keys", "-t", name, "Enter"], check=True)
+    # a message with a typed line, the documented new-line key and a bracketed paste of code
+    _keys(name, "Fix the bug in this function:", literal=True)
+    _keys(name, "C-j")
+    subprocess.run(["tmux", "load-buffer", "-b", "e2e-code", "-"], input=BUGGY, text=True, check=True)
+    subprocess.run(["tmux", "paste-buffer", "-p", "-d", "-b", "e2e-code", "-t", name], check=True)
+    _, pane = _wait_for(name, r"return total / count", timeout=10)
+    assert "average_of_positives" in pane and "▍ streaming" not in pane, "the paste did not send anything"
+    _capture("paste", pane)
+    _keys(name, "Enter")
     _wait_for(name, r"▍ streaming", timeout=300, poll=0.05)
-    subprocess.run(["tmux", "send-keys", "-t", name, "-l", "zqx"], check=True)
+    _keys(name, "zqx", literal=True)
     echo_s, _ = _wait_for(name, r"zqx", timeout=10, poll=0.005)
     print(f"keystroke echo while streaming: {echo_s * 1000:.0f} ms")
 
-    _, pane = _wait_for(name, r"\d+ tokens · [\d.]+ tok/s|max tokens reached|stopped", timeout=600, poll=0.2)
+    _wait_for(name, DONE, timeout=600, poll=0.2)
     time.sleep(0.5)
     pane = _pane(name)
-    print("---- pane ----\n" + pane + "\n--------------")
-    assert "def " in pane
+    _capture("reply", pane)
+    # the sent message keeps its lines and indentation in its bubble
+    assert "function:def" not in pane
+    assert re.search(r"│\s+def average_of_positives\(values\):\s+│", pane)
+    assert re.search(r"│\s{5,}total = 0\s+│", pane)
     assert re.search(r"tok/s\s+[\d.]+", pane), "the side panel shows a tok/s figure"
+    assert re.search(r"\d+ / 2048 tok", pane), "the context bar shows used / total"
+    # the reply is about the pasted code: it names it or fixes the missing count
+    assert re.search(r"average_of_positives|count \+= 1|count", pane.split("Fix the bug")[-1])
 
-    subprocess.run(["tmux", "send-keys", "-t", name, "C-q"], check=True)
+    # regenerate: a second answer to the same turn, the first kept ("2/2")
+    for _ in range(3):
+        _keys(name, "BSpace")
+    _keys(name, "C-r")
+    _wait_for(name, r"▍ streaming|thinking", timeout=60, poll=0.05)
+    _, pane = _wait_for(name, r"‹ 2/2 ›", timeout=600, poll=0.2)
+    time.sleep(0.5)
+    _capture("regenerate", _pane(name))
+
+    # copy the answer's first code block: OSC 52 lands in tmux's buffer
+    subprocess.run(["tmux", "delete-buffer"], capture_output=True)
+    _keys(name, "C-o")
+    _wait_for(name, r"Copy to the clipboard", timeout=10)
+    _keys(name, "1")
+    _wait_for(name, r"Copied \d+ characters", timeout=10)
+    buf = subprocess.run(["tmux", "show-buffer"], capture_output=True, text=True).stdout
+    print(f"---- tmux buffer after copy ----\n{buf}\n--------------")
+    assert "def " in buf or "return" in buf, "the copied code block reached tmux through OSC 52"
+    for _ in range(100):  # let the toast go before the settings capture
+        if "Copied" not in _pane(name):
+            break
+        time.sleep(0.1)
+
+    _keys(name, "F4")
+    _, pane = _wait_for(name, r"Repeat penalty", timeout=10)
+    time.sleep(0.3)
+    _capture("settings", _pane(name))
+    _keys(name, "Escape")
+
+    _keys(name, "C-q")
     for _ in range(100):
         alive = subprocess.run(["tmux", "has-session", "-t", name], capture_output=True).returncode == 0
         if not alive:
             break
         time.sleep(0.1)
     assert not alive, "Ctrl+Q quits the app"
-    assert first_frame < 1.5, f"first frame took {first_frame:.2f} s"
-    assert echo_s < 1.0, f"keystroke echo took {echo_s:.2f} s while streaming"
+    # first_frame and echo_s are printed, not asserted: tests never assert on wall-clock time

@@ -37,6 +37,20 @@ class ChatBackend(Protocol):
     def info(self) -> dict[str, Any]: ...
 
 
+@runtime_checkable
+class CompletionBackend(Protocol):
+    """A backend that can continue raw text (a base model without a chat template)."""
+
+    def stream_completion(self, prompt: str, params: SamplingParams) -> Iterator[StreamEvent]: ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A backend that knows its model's tokenizer (for attachment token counts)."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+
 def all_cpu(n_layers: int) -> Placement:
     """A placement map with every layer on the CPU."""
     return {i: {"attn": "cpu", "ffn": "cpu"} for i in range(n_layers)}
@@ -82,10 +96,13 @@ DEFAULT_SCRIPT = [
 class ScriptedBackend:
     """Streams a fixed list of text pieces with small delays: for tests and demos."""
 
+    local_context = True  # stands in for an in-process model: the app picks its context size
+
     def __init__(self, tokens: list[str] | None = None, delay: float = 0.01, load_delay: float = 0.0,
                  model: str = "scripted-model", n_ctx: int = 4096, n_layers: int = 24,
-                 fail_load: str | None = None) -> None:
+                 fail_load: str | None = None, chat_template: bool = True) -> None:
         self.tokens = list(DEFAULT_SCRIPT if tokens is None else tokens)
+        self.chat_template = chat_template
         self.delay = delay
         self.load_delay = load_delay
         self.model = model
@@ -109,9 +126,20 @@ class ScriptedBackend:
 
     def stream_chat(self, messages: list[dict], params: SamplingParams) -> Iterator[StreamEvent]:
         """Yield one event per scripted piece, then a final one with usage and timings."""
-        self._cancel.clear()
         self.requests.append(([dict(m) for m in messages], params))
-        prompt = sum(len(m["content"].split()) + 4 for m in messages)
+        return self._stream(sum(len(m["content"].split()) + 4 for m in messages), params)
+
+    def stream_completion(self, prompt: str, params: SamplingParams) -> Iterator[StreamEvent]:
+        """The same script as a continuation of `prompt`; recorded as ("completion", prompt)."""
+        self.requests.append((prompt, params))
+        return self._stream(self.count_tokens(prompt), params)
+
+    def count_tokens(self, text: str) -> int:
+        """One token per whitespace-separated word: good enough for a scripted model."""
+        return len(text.split())
+
+    def _stream(self, prompt: int, params: SamplingParams) -> Iterator[StreamEvent]:
+        self._cancel.clear()
         n = 0
         limit = getattr(params, "max_tokens", len(self.tokens))
         for i, piece in enumerate(self.tokens[:limit]):
@@ -132,12 +160,15 @@ class ScriptedBackend:
     def info(self) -> dict[str, Any]:
         """Fixed model facts."""
         return {"model": self.model, "backend": "scripted", "n_ctx": self.n_ctx,
-                "ctx_used": self.ctx_used, "placement": all_cpu(self.n_layers)}
+                "ctx_used": self.ctx_used, "placement": all_cpu(self.n_layers),
+                "chat_template": self.chat_template}
 
 
 class InProcessBackend:
     """The edgerun engine in this process: resolve (and pull) the model, build a Runner and
     an Engine, and stream chat completions from it."""
+
+    local_context = True  # the context size is ours to choose (a server decides its own)
 
     def __init__(self, model_spec: str, threads: int | None = None, ctx: int = 4096,
                  placement: Any = None) -> None:
@@ -185,11 +216,39 @@ class InProcessBackend:
                 return ids[-(n_ctx - 1):]
             del msgs[first]
 
+    @property
+    def has_chat_template(self) -> bool:
+        """False for a base model: its GGUF has no `tokenizer.chat_template`."""
+        return bool(getattr(self.runner.tokenizer, "chat_template", None))
+
+    def model_path(self) -> str | None:
+        """The GGUF file in use, once resolved."""
+        return self.path
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` with the model's tokenizer (no BOS)."""
+        if self.runner is None:
+            raise RuntimeError("model is not loaded")
+        return len(self.runner.tokenizer.encode(text, add_bos=False))
+
     def stream_chat(self, messages: list[dict], params: SamplingParams) -> Iterator[StreamEvent]:
         """Submit the conversation to the engine and yield its events."""
         if self.engine is None:
             raise RuntimeError("model is not loaded")
-        ids = self._prompt_ids(messages, params.max_tokens)
+        if not self.has_chat_template:
+            raise RuntimeError("this model has no chat template; it runs in completion mode")
+        yield from self._stream_ids(self._prompt_ids(messages, params.max_tokens), params)
+
+    def stream_completion(self, prompt: str, params: SamplingParams) -> Iterator[StreamEvent]:
+        """Continue raw text (base models); a prompt longer than the context keeps its end."""
+        if self.engine is None:
+            raise RuntimeError("model is not loaded")
+        n_ctx = int(getattr(self.runner, "n_ctx", self.ctx))
+        ids = self.runner.tokenizer.encode(prompt, add_bos=None)
+        keep = n_ctx - min(params.max_tokens, n_ctx // 4)
+        yield from self._stream_ids(ids if len(ids) <= keep else ids[-keep:], params)
+
+    def _stream_ids(self, ids: list[int], params: SamplingParams) -> Iterator[StreamEvent]:
         with self._lock:
             self._cancelled = False
             self._handle = self.engine.submit(ids, params)
@@ -231,7 +290,8 @@ class InProcessBackend:
             return {"model": name, "backend": "in-process", "n_ctx": self.ctx, "ctx_used": 0, "placement": {}}
         n_layers = int(getattr(getattr(self.runner, "args", None), "n_layers", 0) or 0)
         return {"model": name, "backend": "in-process", "n_ctx": int(getattr(self.runner, "n_ctx", self.ctx)),
-                "ctx_used": self.ctx_used, "placement": placement_from_runner(self.runner, n_layers)}
+                "ctx_used": self.ctx_used, "placement": placement_from_runner(self.runner, n_layers),
+                "chat_template": self.has_chat_template}
 
 
 class HttpBackend:
@@ -279,16 +339,36 @@ class HttpBackend:
 
     def stream_chat(self, messages: list[dict], params: SamplingParams) -> Iterator[StreamEvent]:
         """POST the chat and turn the SSE chunks into StreamEvents."""
-        import httpx
+        return self._stream("/v1/chat/completions", {"messages": messages}, params)
 
-        self._cancel.clear()
-        body = {"model": self.model or "default", "messages": messages, "stream": True,
-                "stream_options": {"include_usage": True}, "temperature": params.temperature,
-                "top_p": params.top_p, "max_tokens": params.max_tokens}
+    def stream_completion(self, prompt: str, params: SamplingParams) -> Iterator[StreamEvent]:
+        """POST to /v1/completions (raw text continuation) and stream it."""
+        return self._stream("/v1/completions", {"prompt": prompt}, params)
+
+    def _body(self, params: SamplingParams) -> dict[str, Any]:
+        """Every sampling setting, named as llama.cpp's server names them; a server that does
+        not know a field answers with an error, which the chat shows."""
+        body: dict[str, Any] = {
+            "model": self.model or "default", "stream": True, "stream_options": {"include_usage": True},
+            "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
+            "min_p": params.min_p, "repeat_penalty": params.repeat_penalty,
+        }
+        if params.repeat_penalty != 1.0:
+            body["repeat_last_n"] = params.repeat_last_n
+        # "No limit" reaches us as the context size (or more when it is unknown): leave it to the server.
+        if not (self.n_ctx and params.max_tokens >= self.n_ctx) and params.max_tokens < (1 << 20):
+            body["max_tokens"] = params.max_tokens
         if params.stop:
             body["stop"] = params.stop
         if params.seed is not None:
             body["seed"] = params.seed
+        return body
+
+    def _stream(self, path: str, payload: dict[str, Any], params: SamplingParams) -> Iterator[StreamEvent]:
+        import httpx
+
+        self._cancel.clear()
+        body = {**self._body(params), **payload}
         t0 = time.perf_counter()
         t_first: float | None = None
         n = 0
@@ -296,7 +376,7 @@ class HttpBackend:
         finish: str | None = None
         try:
             with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=10.0)) as client, client.stream(
-                "POST", f"{self.base}/v1/chat/completions", json=body, headers=self._headers()
+                "POST", f"{self.base}{path}", json=body, headers=self._headers()
             ) as resp:
                 self._response = resp
                 if resp.status_code >= 400:
@@ -319,7 +399,7 @@ class HttpBackend:
                         u = chunk["usage"]
                         usage = Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
                     for ch in chunk.get("choices") or []:
-                        text = (ch.get("delta") or {}).get("content") or ""
+                        text = (ch.get("delta") or {}).get("content") or ch.get("text") or ""
                         finish = ch.get("finish_reason") or finish
                         if text:
                             if t_first is None:

@@ -1,7 +1,14 @@
-"""Chat history in SQLite under the user data dir."""
+"""Chat history in SQLite under the user data dir.
+
+An assistant turn is one row: `content` is the answer shown, `variants` (JSON, NULL for a
+turn never regenerated) every answer generated for it, oldest first. A conversation's
+per-chat setting overrides live in `conversations.settings` (JSON). Databases written before
+these columns existed are upgraded in place on open.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -27,6 +34,12 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
 """
+
+# (table, column, declaration) added after the first release; ALTER TABLE adds them to old files.
+_UPGRADES = [
+    ("conversations", "settings", "TEXT"),
+    ("messages", "variants", "TEXT"),
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,10 @@ class HistoryStore:
         self.db = sqlite3.connect(str(self.path), check_same_thread=False)
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.executescript(_SCHEMA)
+        for table, column, decl in _UPGRADES:
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self.db.commit()
 
     def close(self) -> None:
@@ -77,15 +94,44 @@ class HistoryStore:
         self.db.commit()
         return int(cur.lastrowid)
 
-    def add_message(self, conversation_id: int, role: str, content: str) -> None:
-        """Append a message and touch the conversation."""
+    def add_message(self, conversation_id: int, role: str, content: str) -> int:
+        """Append a message and touch the conversation; return the message's id."""
         now = time.time()
-        self.db.execute(
+        cur = self.db.execute(
             "INSERT INTO messages (conversation_id, role, content, created) VALUES (?, ?, ?, ?)",
             (conversation_id, role, content, now),
         )
         self.db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
         self.db.commit()
+        return int(cur.lastrowid)
+
+    def set_variants(self, message_id: int, variants: list[str], shown: int) -> None:
+        """Store every answer of an assistant turn and which one is shown (`variants[shown]`)."""
+        self.db.execute("UPDATE messages SET content = ?, variants = ? WHERE id = ?",
+                        (variants[shown], json.dumps(variants), message_id))
+        self.db.commit()
+
+    def delete_from(self, conversation_id: int, message_id: int) -> None:
+        """Delete a message and every later one of its conversation (edit and resend)."""
+        self.db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
+                        (conversation_id, message_id))
+        self.db.commit()
+
+    def set_overrides(self, conversation_id: int, overrides: dict) -> None:
+        """Save a chat's own settings (the fields that differ from the global ones)."""
+        self.db.execute("UPDATE conversations SET settings = ? WHERE id = ?",
+                        (json.dumps(overrides) if overrides else None, conversation_id))
+        self.db.commit()
+
+    def overrides(self, conversation_id: int) -> dict:
+        """A chat's own settings ({} when it has none or the stored value is unreadable)."""
+        row = self.db.execute("SELECT settings FROM conversations WHERE id = ?",
+                              (conversation_id,)).fetchone()
+        try:
+            out = json.loads(row[0]) if row and row[0] else {}
+        except ValueError:
+            return {}
+        return out if isinstance(out, dict) else {}
 
     def list(self) -> list[Conversation]:
         """All conversations, most recently updated first."""
@@ -100,12 +146,24 @@ class HistoryStore:
         """One conversation, or None."""
         return next((c for c in self.list() if c.id == conversation_id), None)
 
-    def messages(self, conversation_id: int) -> list[dict[str, str]]:
-        """The messages of a conversation as chat dicts ({"role", "content"})."""
+    def messages(self, conversation_id: int) -> list[dict]:
+        """The messages of a conversation as chat dicts: "role", "content", "id", and for
+        assistant turns "variants" (every answer, at least the shown one)."""
         rows = self.db.execute(
-            "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,)
+            "SELECT id, role, content, variants FROM messages WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,),
         ).fetchall()
-        return [{"role": r, "content": c} for r, c in rows]
+        out: list[dict] = []
+        for mid, role, content, variants in rows:
+            m: dict = {"role": role, "content": content, "id": mid}
+            if role == "assistant":
+                try:
+                    vs = json.loads(variants) if variants else [content]
+                except ValueError:
+                    vs = [content]
+                m["variants"] = vs if content in vs else [*vs, content]
+            out.append(m)
+        return out
 
     def rename(self, conversation_id: int, title: str) -> None:
         """Give a conversation a new title."""

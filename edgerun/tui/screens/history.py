@@ -98,7 +98,7 @@ class HistoryScreen(ModalScreen[int | None]):
             if title:
                 self.store.rename(conv.id, title)
                 self.refresh_rows()
-                self.notify(f"Renamed to “{title}”")
+                self.notify(f"Renamed to “{title}”", markup=False)
 
         self.app.push_screen(InputDialog("Rename conversation", conv.title), done)
 
@@ -112,7 +112,7 @@ class HistoryScreen(ModalScreen[int | None]):
             if yes:
                 self.store.delete(conv.id)
                 self.refresh_rows()
-                self.notify(f"Deleted “{conv.title}”")
+                self.notify(f"Deleted “{conv.title}”", markup=False)
 
         self.app.push_screen(ConfirmDialog(f"Delete “{conv.title}”?"), done)
 
@@ -129,8 +129,8 @@ class HistoryScreen(ModalScreen[int | None]):
             try:
                 out = self.store.export(conv.id, Path(path))
             except OSError as e:
-                self.notify(f"Export failed: {e}", severity="error")
+                self.notify(f"Export failed: {e}", severity="error", markup=False)
                 return
-            self.notify(f"Exported to {out}")
+            self.notify(f"Exported to {out}", markup=False)
 
         self.app.push_screen(InputDialog("Export as Markdown to", default), done)

@@ -1,4 +1,5 @@
-"""Model picker: catalog models and local .gguf files, pull with progress, switch."""
+"""Model picker: recently used files, catalog models and local .gguf files, a file-system
+browser for any other .gguf, pull with progress, switch."""
 
 from __future__ import annotations
 
@@ -31,11 +32,16 @@ class ModelRow:
 
 
 def list_models() -> list[ModelRow]:
-    """Catalog entries (downloaded or not) followed by other .gguf files in the models dir."""
+    """Recently used model files, then catalog entries (downloaded or not), then other .gguf
+    files in the models dir."""
     from edgerun.catalog import load_catalog, local_models, local_path
+    from edgerun.tui.settings import recent_models
 
     rows: list[ModelRow] = []
     known: set[Path] = set()
+    for r in recent_models():
+        p = Path(r)
+        rows.append(ModelRow(f"recent:{p}", p.stem, "recent", p.stat().st_size, True, str(p)))
     for name, e in sorted(load_catalog().items()):
         p = local_path(e)
         ok = p.is_file() and p.stat().st_size == e.bytes
@@ -55,6 +61,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
         Binding("escape", "close", "Close"),
         Binding("enter", "choose", "Use model"),
         Binding("p", "pull", "Pull only"),
+        Binding("b", "browse", "Browse files…"),
     ]
 
     def __init__(self, current: str = "", pull_fn: PullFn | None = None) -> None:
@@ -67,7 +74,8 @@ class ModelPickerScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="models-box", classes="panel-box"):
             yield Label("Models", classes="box-title")
-            yield Label("Enter use (pulls it first if needed) · p pull only · Esc close", classes="keys")
+            yield Label("Enter use (pulls it first if needed) · p pull only · b browse files · Esc close",
+                        classes="keys")
             yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
             yield Label("", id="model-desc", classes="hint")
             yield Label("", id="pull-label")
@@ -88,7 +96,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
         self.rows = {}
         for r in list_models():
             self.rows[r.spec] = r
-            mark = "●" if self.current in (r.spec, r.name) else " "
+            mark = "●" if self.current in (r.spec, r.name, r.description) else " "
             status = "downloaded" if r.downloaded else "pull to use"
             table.add_row(mark, r.name, r.kind, fmt_bytes(r.size), status, key=r.spec)
 
@@ -112,16 +120,25 @@ class ModelPickerScreen(ModalScreen[str | None]):
         if row is None or self.pulling:
             return
         if row.downloaded:
-            self.dismiss(row.spec)
+            self.dismiss(row.spec.removeprefix("recent:"))
         else:
             self.start_pull(row, then_use=True)
+
+    def action_browse(self) -> None:
+        """Pick any .gguf file on disk."""
+        from edgerun.catalog import models_dir
+        from edgerun.tui.screens.files import FilePickerScreen
+
+        start = models_dir()
+        self.app.push_screen(FilePickerScreen(start if start.is_dir() else None),
+                             lambda path: self.dismiss(path) if path else None)
 
     def action_pull(self) -> None:
         row = self._selected()
         if row is None or self.pulling:
             return
         if row.downloaded:
-            self.notify(f"{row.name} is already downloaded")
+            self.notify(f"{row.name} is already downloaded", markup=False)
         else:
             self.start_pull(row, then_use=False)
 
@@ -164,9 +181,9 @@ class ModelPickerScreen(ModalScreen[str | None]):
     def _pull_done(self, row: ModelRow, then_use: bool, error: str | None) -> None:
         self.pulling = None
         if error:
-            self.app.notify(f"Pull failed: {error}", severity="error", timeout=10)
+            self.app.notify(f"Pull failed: {error}", severity="error", timeout=10, markup=False)
         else:
-            self.app.notify(f"Pulled {row.name}")
+            self.app.notify(f"Pulled {row.name}", markup=False)
         if not self.is_attached:
             return
         self.query_one("#pull-bar", ProgressBar).display = False

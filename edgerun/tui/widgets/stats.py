@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 from textual.containers import VerticalScroll
-from textual.widgets import Label, ProgressBar, Static
+from textual.widgets import Label, ProgressBar, Sparkline, Static
 
 
 def fmt_bytes(n: float) -> str:
@@ -57,6 +57,21 @@ def placement_text(placement: dict[int, dict[str, str]], width: int = 24, remote
     return out
 
 
+def context_bar(used: int, total: int, width: int = 30) -> Text:
+    """`used / total` as a bar that goes green, then yellow past 70 %, red past 90 %."""
+    out = Text()
+    if not total:
+        out.append("context –", style="dim")
+        return out
+    frac = min(max(used / total, 0.0), 1.0)
+    style = "#22c55e" if frac < 0.7 else ("#eab308" if frac < 0.9 else "bold #ef4444")
+    filled = round(frac * width)
+    out.append("█" * filled, style=style)
+    out.append("░" * (width - filled), style="#3f3f46")
+    out.append(f"\n{used} / {total} tok · {frac:.0%}", style=style if frac >= 0.7 else "dim")
+    return out
+
+
 class StatsPanel(VerticalScroll):
     """Side panel fed by the app: `set_model`, `set_progress`, `set_generation`, `set_system`."""
 
@@ -67,6 +82,10 @@ class StatsPanel(VerticalScroll):
         yield ProgressBar(total=None, show_eta=False, id="load-bar")
         yield Label("Generation", classes="section")
         yield Static(_rows(self._gen_rows({})), id="gen")
+        yield Label("tok/s over the reply", classes="hint-small")
+        yield Sparkline([], id="tps-spark")
+        yield Label("Context", classes="section")
+        yield Static(context_bar(0, 0), id="ctx-bar")
         yield Label("System", classes="section")
         yield Static(_rows([("CPU", "–"), ("RAM", "–"), ("GPU", "–"), ("VRAM", "–")]), id="sys")
         yield Label("Placement", classes="section")
@@ -76,22 +95,20 @@ class StatsPanel(VerticalScroll):
     def _gen_rows(g: dict[str, Any]) -> list[tuple[str, str]]:
         tps = g.get("tok_s")
         ttft = g.get("ttft_s")
-        n_ctx = g.get("n_ctx") or 0
-        used = g.get("ctx_used") or 0
-        ctx = f"{used} / {n_ctx}" if n_ctx else (str(used) if used else "–")
         return [
             ("tok/s", f"{tps:.1f}" if tps else "–"),
             ("TTFT", f"{ttft * 1000:.0f} ms" if ttft else "–"),
             ("prompt", f"{g['prompt']} tok" if g.get("prompt") is not None else "–"),
             ("completion", f"{g['completion']} tok" if g.get("completion") is not None else "–"),
-            ("context", ctx),
         ]
 
-    def set_model(self, name: str, backend: str = "") -> None:
-        """Show the model's name (and where it runs)."""
+    def set_model(self, name: str, backend: str = "", note: str = "") -> None:
+        """Show the model's name, where it runs and a note (e.g. "completion mode")."""
         text = Text(name, style="bold", no_wrap=True, overflow="ellipsis")
         if backend:
             text.append(f"\n{backend}", style="dim")
+        if note:
+            text.append(f"\n{note}", style="bold #eab308")
         self.query_one("#model-name", Static).update(text)
 
     def set_progress(self, done: int, total: int, stage: str) -> None:
@@ -118,8 +135,21 @@ class StatsPanel(VerticalScroll):
             bar.update(total=None)
 
     def set_generation(self, g: dict[str, Any]) -> None:
-        """Update tok/s, TTFT, token counts and context use."""
+        """Update tok/s, TTFT, token counts and the context bar."""
         self.query_one("#gen", Static).update(_rows(self._gen_rows(g)))
+        # a fixed width: the panel is 34 cells wide in app.tcss, and a width read from the layout
+        # changes with the scrollbar (snapshots differed by a cell)
+        self.query_one("#ctx-bar", Static).update(context_bar(int(g.get("ctx_used") or 0),
+                                                              int(g.get("n_ctx") or 0), 30))
+
+    def set_speed_history(self, samples: list[float]) -> None:
+        """The reply's tokens per second, one sample per screen update, for the sparkline."""
+        self.query_one("#tps-spark", Sparkline).data = list(samples)
+
+
+    def toggle(self) -> None:
+        """Show or hide the panel."""
+        self.display = not self.display
 
     def set_system(self, s: dict[str, str]) -> None:
         """Update CPU, RAM, GPU and VRAM readings (already formatted)."""
