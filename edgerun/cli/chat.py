@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add(p, "url", "api_key", url={"help": "talk to an OpenAI-compatible server instead, e.g. "
                                           "http://127.0.0.1:8080"},
         api_key={"help": "API key for --url"})
-    add(p, *LOAD)
+    # no default context here: the app uses --ctx when given, else the saved setting (F4)
+    add(p, *LOAD, ctx={"default": None, "help": "context size in tokens (default: the chat settings')"})
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
