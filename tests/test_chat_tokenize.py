@@ -12,8 +12,10 @@ from edgerun.text.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.real
 
-CONV = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Write hello world in C."},
-        {"role": "assistant", "content": "int main(){puts(\"hello\");}"}, {"role": "user", "content": "In Go?"}]
+CONV = [{"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Write hello world in C."},
+        {"role": "assistant", "content": "int main(){puts(\"hello\");}"},
+        {"role": "user", "content": "In Go?"}]
 
 
 @pytest.fixture(scope="module", params=["qwen", "gemma"])

@@ -21,7 +21,8 @@ MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "
 
 HOSTILE = {
     "nested-range": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-    "nested-range-output": "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+    "nested-range-output": ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}"
+                            "{% endfor %}"),
     "repeat-1e8": "{{ 'x' * 10**8 }}",
     "repeat-list": "{{ ([1] * 10**8) | length }}",
     "power-tower": "{{ 10 ** (10 ** 9) }}",
