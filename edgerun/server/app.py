@@ -388,7 +388,10 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            doc.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components()[1])
+            schemas = openapi_components()[1]
+            for name in ("ChatCompletionRequest", "CompletionRequest"):  # this server's model names
+                schemas[name]["properties"]["model"]["enum"] = [model_name, *aliases]
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
             app.openapi_schema = doc
         return app.openapi_schema
 
@@ -414,7 +417,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     name = getattr(runner, "model_name", None) or str(args.model)
     engine = Engine(runner, max_running=args.max_running, max_queue=args.max_queue,
-                    max_batch_tokens=args.max_batch_tokens).start()
+                    max_batch_tokens=args.max_batch_tokens,
+                    deterministic=getattr(args, "deterministic", False)).start()
     safety = ServerSafety.from_args(args)
     app = create_app(engine, name, api_key=args.api_key, aliases=(str(args.model), path.stem, path.name),
                      safety=safety)

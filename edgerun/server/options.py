@@ -61,7 +61,7 @@ class ServerSafety:
 
 
 def add_server_safety_args(p: argparse.ArgumentParser) -> None:
-    """Add --max-body, --header-timeout, --body-timeout, --cors-origin and --allow-host."""
+    """Add --max-body, --header-timeout, --body-timeout, --cors-origin, --allow-host, --deterministic."""
     d = ServerSafety()
     p.add_argument("--max-body", type=parse_size, default=d.max_body, metavar="SIZE",
                    help="largest request body (default 4M); bigger ones get 413 before they are read")
@@ -72,6 +72,9 @@ def add_server_safety_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors-origin", action="append", type=_origin, metavar="ORIGIN",
                    help="allow browser pages from ORIGIN (repeatable; '*' for any); turns CORS on. "
                         "On a loopback bind other origins are refused")
+    p.add_argument("--deterministic", action="store_true",
+                   help="greedy and seeded answers independent of what a request is batched with and of "
+                        "prefix-cache hits (steps of at most 16 rows: prefill runs slower)")
     p.add_argument("--allow-host", action="append", metavar="HOST",
                    help="on a loopback bind, accept this Host header too (repeatable; by default only "
                         "localhost, 127.0.0.1 and [::1], against DNS rebinding)")

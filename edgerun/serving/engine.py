@@ -41,6 +41,16 @@ except ImportError:  # runner not available: same contract, local definition
 log = logging.getLogger("edgerun.engine")
 
 
+# With `deterministic=True` a step carries at most this many rows. The native kernels give a
+# row the same bits for any batch of up to 16 rows (the register-blocked small-batch kernels,
+# with or without batch tiles); from 17 rows on, prefill takes the GEMM path, whose K-quant
+# sums run in another order (measured on Q4_K/Q6_K: every row differs from its B=1 result,
+# by ~5e-6). Capping the rows keeps each sequence's logits, and the KV it writes (so prefix-
+# cache hits too), independent of what it is batched with. Decode batches are never bigger
+# than max_running, so only prefill pays: it runs in chunks of 16 rows.
+DETERMINISTIC_MAX_ROWS = 16
+
+
 class QueueFullError(RuntimeError):
     """The waiting queue is at `max_queue`; retry later."""
 
@@ -210,8 +220,12 @@ class Engine:
     """Continuous-batching engine over a `Runner` (see INTERFACES.md)."""
 
     def __init__(self, runner: Any, max_running: int = 8, max_queue: int = 64, max_batch_tokens: int = 512,
-                 enable_prefix_caching: bool = True) -> None:
+                 enable_prefix_caching: bool = True, deterministic: bool = False) -> None:
         self.runner = runner
+        self.deterministic = deterministic
+        if deterministic:  # see DETERMINISTIC_MAX_ROWS
+            max_batch_tokens = min(max_batch_tokens, DETERMINISTIC_MAX_ROWS)
+            max_running = min(max_running, DETERMINISTIC_MAX_ROWS)
         self.tokenizer = runner.tokenizer
         self.n_ctx = int(runner.n_ctx)
         self.max_queue = max_queue
