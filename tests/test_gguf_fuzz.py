@@ -64,6 +64,8 @@ def write_tiny(path: Path, **over: object) -> Path:
     w.add_eos_token_id(int(meta["eos"]))  # type: ignore[arg-type]
     w.add_unk_token_id(int(meta["unk"]))  # type: ignore[arg-type]
     w.add_add_bos_token(True)
+    if "chat_template" in meta:
+        w.add_chat_template(str(meta["chat_template"]))
 
     def mat(name: str, n: int, k: int) -> None:
         x = (rng.standard_normal((n, k)) * 0.1).astype(np.float32)

@@ -93,3 +93,20 @@ def test_good_templates_render_as_plain_jinja() -> None:
     assert ChatTemplate(src, "<s>", "</s>").render(MSGS) == want
     assert load_chat_template(None).render(MSGS, True).startswith("<|im_start|>system\nbe brief<|im_end|>")
     assert ChatTemplate(CHATML).render(MSGS, False).endswith("hi<|im_end|>\n")
+
+
+def test_broken_template_breaks_only_chat_in_run(tmp_path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edgerun run` on a model whose template does not compile: plain prompts work, --chat fails
+    with one line (before: llama-cpp-python compiled the template at vocabulary load and threw)."""
+    from edgerun import cli
+    from tests.test_gguf_fuzz import write_tiny
+
+    monkeypatch.setenv("EDGERUN_HUGEPAGES", "0")
+    path = write_tiny(tmp_path / "broken-template.gguf",
+                      chat_template="{% for m in messages %}{{ m.content }")
+    args = ["run", "-m", str(path), "-p", "hi there", "-n", "2", "--temp", "0", "--threads", "1"]
+    assert cli.main(args) == 0
+    assert cli.main([*args, "--chat"]) == 2
+    err = capsys.readouterr().err
+    assert "chat template does not compile: line 1" in err and "Traceback" not in err
