@@ -48,6 +48,7 @@ class FakeRunner:
                  eos_every: int = 0) -> None:
         self.num_blocks, self.block_size, self.n_ctx = num_blocks, block_size, n_ctx
         self.tokenizer = FakeTokenizer()
+        self.vocab_size = VOCAB
         self.model_name = "fake-model"
         self.delay = delay
         self.eos_every = eos_every

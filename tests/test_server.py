@@ -128,7 +128,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
     ("/v1/chat/completions", {"messages": CHAT["messages"]}, 400, "model"),
     ("/v1/chat/completions", {"model": MODEL}, 400, "messages"),
     ("/v1/chat/completions", {**CHAT, "messages": "hi"}, 400, "messages"),
-    ("/v1/chat/completions", {**CHAT, "messages": [{"content": "x"}]}, 400, "messages[0]"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"content": "x"}]}, 400, "messages[0].role"),
     ("/v1/chat/completions", {**CHAT, "max_tokens": "9"}, 400, "max_tokens"),
     ("/v1/chat/completions", {**CHAT, "max_tokens": 0}, 400, "max_tokens"),
     ("/v1/chat/completions", {**CHAT, "max_tokens": -3}, 400, "max_tokens"),

@@ -7,6 +7,7 @@ import signal
 from typing import Any
 
 from edgerun.cli.args import LOG_LEVELS, add, add_model_args, load_runner, log_level, port, positive_int
+from edgerun.server.options import add_server_safety_args
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
                    help="KV cache blocks of 16 tokens (default: two full contexts)")
     p.add_argument("--log-level", type=log_level, default="info", metavar="LEVEL",
                    help=f"uvicorn's log level: {', '.join(LOG_LEVELS)} (default %(default)s)")
+    add_server_safety_args(p)
     return p
 
 
@@ -35,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from edgerun.server.app import create_app
+    from edgerun.server.guard import guarded_protocol
+    from edgerun.server.options import ServerSafety
     from edgerun.serving.engine import Engine
 
     server_class = _server_class()
@@ -43,13 +47,15 @@ def run(args: argparse.Namespace) -> int:
     path = runner.path
     name = getattr(runner, "model_name", None) or str(args.model)
     engine = Engine(runner, max_running=args.max_running, max_queue=args.max_queue,
-                    max_batch_tokens=args.max_batch_tokens).start()
+                    max_batch_tokens=args.max_batch_tokens, deterministic=args.deterministic).start()
+    safety = ServerSafety.from_args(args)
     try:
         app = create_app(engine, name, api_key=args.api_key,
-                         aliases=(str(args.model), path.stem, path.name))
+                         aliases=(str(args.model), path.stem, path.name), safety=safety)
         print(f"edgerun: serving {name} on http://{args.host}:{args.port}/v1 (ctx {runner.n_ctx})",
               flush=True)
-        server = server_class(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+        server = server_class(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                             http=guarded_protocol(safety.header_timeout)))
         server.run()
     finally:
         engine.shutdown()

@@ -21,6 +21,14 @@ class ModelLoadError(ValueError):
     """The GGUF file does not describe a model this architecture can run."""
 
 
+# sanity bounds on hyper-parameters (far above any real model): a file past them is refused
+# before lists, caches or buffers are sized from them
+MAX_LAYERS = 1024
+MAX_DIM = 1 << 17
+MAX_HEADS = 1 << 12
+MAX_CONTEXT = 1 << 24
+
+
 def _md(md: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
     if key not in md:
         if default is None:
@@ -74,6 +82,22 @@ class ModelArgs:
     def __post_init__(self) -> None:
         if min(self.n_layers, self.dim, self.n_heads, self.n_kv_heads, self.head_dim) <= 0:
             raise ModelLoadError("model sizes must be positive")
+        for name, v, top in (("block_count", self.n_layers, MAX_LAYERS),
+                             ("embedding_length", self.dim, MAX_DIM),
+                             ("feed_forward_length", self.ffn_dim, MAX_DIM * 8),
+                             ("attention.head_count", self.n_heads, MAX_HEADS),
+                             ("attention.head_count_kv", self.n_kv_heads, MAX_HEADS),
+                             ("attention.key_length", self.head_dim, MAX_DIM),
+                             ("context_length", self.context_length, MAX_CONTEXT)):
+            if not 0 < v <= top:
+                raise ModelLoadError(f"{self.arch}.{name} = {v} is outside (0, {top}]")
+        if not (math.isfinite(self.norm_eps) and 0 < self.norm_eps < 1):
+            raise ModelLoadError(f"{self.arch}.attention.layer_norm_rms_epsilon = {self.norm_eps} "
+                                 "is not in (0, 1)")
+        if not (math.isfinite(self.rope_base) and self.rope_base > 0):
+            raise ModelLoadError(f"{self.arch}.rope.freq_base = {self.rope_base} is not a positive number")
+        if not (math.isfinite(self.embed_scale) and self.embed_scale > 0):
+            raise ModelLoadError(f"embedding scale {self.embed_scale} is not a positive number")
         if self.n_heads % self.n_kv_heads:
             raise ModelLoadError(f"head_count {self.n_heads} not a multiple of head_count_kv "
                                  f"{self.n_kv_heads}")
@@ -89,6 +113,11 @@ class ModelArgs:
             self.rope_pos_scales = [1.0] * self.n_layers
         if self.n_experts and not 0 < self.n_experts_used <= self.n_experts:
             raise ModelLoadError(f"expert_used_count {self.n_experts_used} must be in 1..{self.n_experts}")
+        for name, vals in (("rope bases", self.rope_bases), ("rope scales", self.rope_pos_scales)):
+            if len(vals) != self.n_layers or not all(math.isfinite(v) and v > 0 for v in vals):
+                raise ModelLoadError(f"{self.arch}: {name} must be {self.n_layers} positive numbers")
+        if len(self.windows) != self.n_layers or any(w < 0 for w in self.windows):
+            raise ModelLoadError(f"{self.arch}: sliding windows must be {self.n_layers} values >= 0")
 
     @classmethod
     def common(cls, md: dict[str, Any], arch: str, vocab_size: int, **kw: Any) -> dict[str, Any]:
@@ -318,6 +347,11 @@ class Transformer:
         self.backend = backend
         self.args = self.build_args(gf.metadata, vocab_size)
         a = self.args
+        layers = {int(n.split(".")[1]) for n in gf.tensors
+                  if n.startswith("blk.") and n.split(".")[1].isdigit()}
+        if layers != set(range(a.n_layers)):
+            raise ModelLoadError(f"{a.arch}.block_count is {a.n_layers} but the file has tensors for "
+                                 f"{len(layers)} layers")
         self.tok_embd = self.qtensor("token_embd.weight", a.dim, a.vocab_size)
         self.out_norm = self.vector("output_norm.weight", a.dim)
         self.output = (self.qtensor("output.weight", a.dim, a.vocab_size) if "output.weight" in gf.tensors

@@ -43,6 +43,10 @@ MAX_TENSORS = 1 << 20
 MAX_KV = 1 << 20
 MAX_ARRAY_OBJECTS = 1 << 23  # strings + nested arrays across all metadata arrays
 _INT64_MAX = (1 << 63) - 1
+# tokenizer.ggml.model values llama.cpp's vocabulary loader knows and edgerun can run with
+TOKENIZER_MODELS = frozenset({"llama", "gpt2", "bert", "t5", "rwkv", "plamo2"})
+MAX_VOCAB = 1 << 22
+MAX_TOKEN_TYPE = 6  # llama.cpp's token types: undefined, normal, unknown, control, user, unused, byte
 
 _HEADER = struct.Struct("<4sIQQ")
 _U32 = struct.Struct("<I")
@@ -371,6 +375,71 @@ class GGUFFile:
             if b.offset < a.offset + a.nbytes:
                 raise self._err(f"tensors {a.name!r} and {b.name!r} overlap")
         self.tensors = tensors
+        self._check_tokenizer()
+
+    # ------------------------------------------------------------------ tokenizer metadata
+
+    def _check_tokenizer(self) -> None:
+        """Validate the vocabulary metadata that llama.cpp's vocabulary loader trusts.
+
+        A bad value there (an out-of-range special token id, a duplicated token string, an
+        unknown tokenizer model, arrays of the wrong length) aborts the process inside
+        llama.cpp, with no message; here it is a GGUFError naming the key.
+        """
+        md = self.metadata
+        model = self.get("tokenizer.ggml.model", str, None)
+        if model is None:  # no vocabulary: llama.cpp refuses such a file with an error of its own
+            return
+        if model not in TOKENIZER_MODELS:
+            raise self._err(f"tokenizer.ggml.model: unsupported tokenizer {model!r} "
+                            f"(supported: {', '.join(sorted(TOKENIZER_MODELS))})")
+        tokens = md.get("tokenizer.ggml.tokens")
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+            raise self._err("tokenizer.ggml.tokens: must be a non-empty array of strings")
+        n = len(tokens)
+        if n > MAX_VOCAB:
+            raise self._err(f"tokenizer.ggml.tokens: {n} tokens is more than {MAX_VOCAB}")
+        index: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            j = index.setdefault(t, i)
+            if j != i:
+                raise self._err(f"tokenizer.ggml.tokens: token {t[:40]!r} appears twice (ids {j} and {i})")
+        for key, kinds in (("tokenizer.ggml.scores", "fi"), ("tokenizer.ggml.token_type", "iu")):
+            if key not in md:
+                continue
+            arr = md[key]
+            if not isinstance(arr, np.ndarray) or arr.dtype.kind not in kinds or arr.ndim != 1:
+                raise self._err(f"{key}: must be a numeric array")
+            if len(arr) != n:
+                raise self._err(f"{key}: {len(arr)} entries for {n} tokens")
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise self._err(f"{key}: holds NaN or infinite values")
+            if key.endswith("token_type") and (arr.min() < 0 or arr.max() > MAX_TOKEN_TYPE):
+                raise self._err(f"{key}: values must be in 0..{MAX_TOKEN_TYPE}")
+        merges = md.get("tokenizer.ggml.merges")
+        if merges is not None:
+            if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+                raise self._err("tokenizer.ggml.merges: must be an array of strings")
+            for i, m in enumerate(merges):
+                cut = m.find(" ", 1)
+                if cut < 0 or m[:cut] not in index or m[cut + 1:] not in index:
+                    raise self._err(f"tokenizer.ggml.merges[{i}] {m[:40]!r} is not two tokens of the "
+                                    "vocabulary separated by a space")
+        for key, value in md.items():
+            if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
+                if self._value_types[key] in (_T_STRING, _T_ARRAY, _T_BOOL, *_FLOAT_TYPES):
+                    raise self._err(f"{key}: must be an integer")
+                # -1 (as i32) means "none", as llama.cpp reads it
+                if not (value == -1 or 0 <= value < n) and not (value == 0xFFFFFFFF and
+                                                               self._value_types[key] == 4):
+                    raise self._err(f"{key}: token id {value} is outside the vocabulary of {n} tokens")
+        for key in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+                    "tokenizer.ggml.add_space_prefix"):
+            if key in md and not isinstance(md[key], bool):
+                raise self._err(f"{key}: must be a bool")
+        tpl = md.get("tokenizer.chat_template")
+        if tpl is not None and not isinstance(tpl, str):
+            raise self._err("tokenizer.chat_template: must be a string")
 
     # ------------------------------------------------------------------ access
 

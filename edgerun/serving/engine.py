@@ -30,8 +30,36 @@ from edgerun.text.sampling import Sampler, SamplingParams
 log = logging.getLogger("edgerun.engine")
 
 
+# With `deterministic=True` a step carries at most this many rows. The native kernels give a
+# row the same bits for any batch of up to 16 rows (the register-blocked small-batch kernels,
+# with or without batch tiles); from 17 rows on, prefill takes the GEMM path, whose K-quant
+# sums run in another order (measured on Q4_K/Q6_K: every row differs from its B=1 result,
+# by ~5e-6). Capping the rows keeps each sequence's logits, and the KV it writes (so prefix-
+# cache hits too), independent of what it is batched with. Decode batches are never bigger
+# than max_running, so only prefill pays: it runs in chunks of 16 rows.
+DETERMINISTIC_MAX_ROWS = 16
+
+
 class QueueFullError(RuntimeError):
     """The waiting queue is at `max_queue`; retry later."""
+
+
+class RequestError(ValueError):
+    """A request the engine refuses before it joins a batch; `param` names the bad field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _vocab_size(runner: Any) -> int | None:
+    """The number of token ids the model has embeddings for (None when the runner cannot say)."""
+    for owner, name in ((runner, "vocab_size"), (getattr(runner, "args", None), "vocab_size"),
+                        (getattr(runner, "tokenizer", None), "vocab_size")):
+        v = getattr(owner, name, None) if owner is not None else None
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0:
+            return int(v)
+    return None
 
 
 class EngineObserver(Protocol):
@@ -181,14 +209,19 @@ class Engine:
     """Continuous-batching engine over a `Runner` (see INTERFACES.md)."""
 
     def __init__(self, runner: Any, max_running: int = 8, max_queue: int = 64, max_batch_tokens: int = 512,
-                 enable_prefix_caching: bool = True) -> None:
+                 enable_prefix_caching: bool = True, deterministic: bool = False) -> None:
         self.runner = runner
+        self.deterministic = deterministic
+        if deterministic:  # see DETERMINISTIC_MAX_ROWS
+            max_batch_tokens = min(max_batch_tokens, DETERMINISTIC_MAX_ROWS)
+            max_running = min(max_running, DETERMINISTIC_MAX_ROWS)
         self.tokenizer = runner.tokenizer
         self.n_ctx = int(runner.n_ctx)
         self.max_queue = max_queue
         self.kv = KVCacheManager(runner.num_blocks, runner.block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, max_running=max_running, max_batch_tokens=max_batch_tokens)
         self.eos_ids: set[int] = set(getattr(self.tokenizer, "eos_ids", ()) or ())
+        self.vocab_size = _vocab_size(runner)
         self.observers: list[EngineObserver] = []
         self._inbox: deque[Sequence] = deque()
         self._cancels: deque[Sequence] = deque()
@@ -231,18 +264,18 @@ class Engine:
 
     # -- requests -------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams | None = None) -> RequestHandle:
-        """Queue a request. Raises QueueFullError or ValueError (bad params, prompt too long)."""
+        """Queue a request. Raises QueueFullError, or RequestError (a ValueError naming the field)
+        for bad sampling parameters, token ids out of range or a prompt too long.
+
+        Everything that could make a batched step fail is checked here, before the request
+        shares a batch with anyone else.
+        """
         params = params or SamplingParams()
-        params.validate()
-        prompt_ids = [int(t) for t in prompt_ids]
-        if not prompt_ids:
-            raise ValueError("prompt is empty")
-        if len(prompt_ids) >= self.n_ctx:
-            raise ValueError(f"prompt has {len(prompt_ids)} tokens; the context holds {self.n_ctx} "
-                             "(including at least one generated token)")
-        if self.kv.blocks_needed(len(prompt_ids) + 1) > self.kv.num_blocks:
-            raise ValueError(f"prompt has {len(prompt_ids)} tokens; the KV cache holds "
-                             f"{self.kv.num_blocks * self.kv.block_size}")
+        try:
+            params.validate()
+        except ValueError as e:
+            raise RequestError(str(e), param=str(e).split()[0]) from None
+        prompt_ids = self.check_prompt(prompt_ids)
         max_tokens = min(params.max_tokens, self.n_ctx - len(prompt_ids))
         seq = Sequence(prompt_ids=prompt_ids, max_tokens=max_tokens)
         handle = RequestHandle(self, seq)
@@ -254,6 +287,29 @@ class Engine:
             self._totals["requests"] += 1
             self._cv.notify_all()
         return handle
+
+    def check_prompt(self, prompt_ids: Any, param: str = "prompt") -> list[int]:
+        """The prompt as a list of ints, or RequestError: empty, ids outside the vocabulary,
+        longer than the context or the KV cache."""
+        ids: list[int] = []
+        for i, t in enumerate(prompt_ids):
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise RequestError(f"{param}[{i}] is not an integer token id", param=param)
+            t = int(t)
+            if t < 0 or (self.vocab_size is not None and t >= self.vocab_size):
+                bound = f"[0, {self.vocab_size})" if self.vocab_size is not None else ">= 0"
+                raise RequestError(f"{param}[{i}] = {t} is not a token id of this model (ids are {bound})",
+                                   param=param)
+            ids.append(t)
+        if not ids:
+            raise RequestError(f"{param} is empty", param=param)
+        if len(ids) >= self.n_ctx:
+            raise RequestError(f"{param} has {len(ids)} tokens; the context holds {self.n_ctx} "
+                               "(including at least one generated token)", param=param)
+        if self.kv.blocks_needed(len(ids) + 1) > self.kv.num_blocks:
+            raise RequestError(f"{param} has {len(ids)} tokens; the KV cache holds "
+                               f"{self.kv.num_blocks * self.kv.block_size}", param=param)
+        return ids
 
     def generate(self, prompt_ids: list[int], params: SamplingParams | None = None
                  ) -> tuple[str, list[int], str, Usage]:
@@ -334,18 +390,55 @@ class Engine:
             start = seq.num_computed_tokens
             inputs.append(SeqInput(tokens=np.asarray(seq.token_ids[start : start + n], dtype=np.int32),
                                    start_pos=start, block_table=self.kv.block_table(seq.seq_id)))
-        logits = self.runner.forward(inputs)
+        logits = self._forward([s.seq for s in out.scheduled], inputs)
         self._totals["steps"] += 1
         now = time.perf_counter()
         for s, lg in zip(out.scheduled, logits, strict=True):
             seq = s.seq
+            if lg is None:  # its step failed; the sequence is already finished with the error
+                continue
             if seq.num_computed_tokens < seq.num_prompt_tokens:
                 self._totals["prompt_tokens_computed"] += min(s.num_new_tokens,
                                                               seq.num_prompt_tokens - seq.num_computed_tokens)
             seq.num_computed_tokens += s.num_new_tokens
             self.kv.cache_blocks(seq)
             if seq.num_computed_tokens == seq.num_tokens:
-                self._advance(seq, np.asarray(lg), now)
+                try:
+                    self._advance(seq, np.asarray(lg), now)
+                except Exception as e:  # sampling or detokenizing failed for this sequence only
+                    self._fail(seq, e, "sampling")
+
+    def _forward(self, seqs: list[Sequence], inputs: list[Any]) -> list[Any]:
+        """One batched `runner.forward`; if it raises, each sequence is retried alone so the
+        failure is charged to the sequence that causes it and the others go on.
+
+        Rerunning is safe: a step only writes the KV slots of its own new positions, and a
+        retry writes them again with the same tokens. Returns None in place of the logits
+        of every sequence that failed (already finished with finish_reason "error").
+        """
+        try:
+            return list(self.runner.forward(inputs))
+        except Exception as e:
+            if len(inputs) == 1:
+                self._fail(seqs[0], e, "step")
+                return [None]
+            log.warning("a batched step of %d sequences failed (%s: %s); retrying each alone",
+                        len(inputs), type(e).__name__, e)
+        out: list[Any] = []
+        for seq, inp in zip(seqs, inputs, strict=True):
+            try:
+                out.append(self.runner.forward([inp])[0])
+            except Exception as e:
+                self._fail(seq, e, "step")
+                out.append(None)
+        return out
+
+    def _fail(self, seq: Sequence, exc: Exception, stage: str) -> None:
+        """End one sequence with finish_reason "error" (the engine and other requests go on)."""
+        log.error("request %s failed in its %s: %s: %s", seq.seq_id, stage, type(exc).__name__, exc,
+                  exc_info=exc)
+        self._totals["errors"] += 1
+        self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
 
     def _advance(self, seq: Sequence, logits: np.ndarray, now: float) -> None:
         """Sample one token for a caught-up sequence and stream it."""

@@ -4,28 +4,41 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from jinja2.exceptions import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from edgerun.quant.gguf_file import GGUFFile
-
-
-class ChatTemplateError(ValueError):
-    """The model's chat template failed to render the conversation."""
-
-
-def _raise(msg: str) -> None:
-    raise TemplateError(msg)
-
-
-# Fallback when a model has no template: ChatML, as llama.cpp and Ollama do.
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+from edgerun.text.templates import (
+    CHATML,
+    ChatTemplate,
+    ChatTemplateError,
+    encode_conversation,
+    load_chat_template,
 )
+
+__all__ = ["CHATML", "ChatTemplateError", "StreamDecoder", "Tokenizer"]
+
+
+class _NoChatHandler:
+    """Stands in for llama-cpp-python's Jinja2ChatFormatter while the vocabulary loads: that one
+    compiles the GGUF's template unsandboxed-by-budget and throws on a broken one, and edgerun
+    renders templates itself (text/templates.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def to_chat_handler(self) -> None:
+        return None
+
+
+def _load_vocab(llama_cpp: Any, path: str) -> Any:
+    from llama_cpp import llama as llama_mod
+
+    saved = llama_mod.llama_chat_format.Jinja2ChatFormatter
+    llama_mod.llama_chat_format.Jinja2ChatFormatter = _NoChatHandler
+    try:
+        return llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    finally:
+        llama_mod.llama_chat_format.Jinja2ChatFormatter = saved
 
 
 class Tokenizer:
@@ -34,7 +47,7 @@ class Tokenizer:
     def __init__(self, path: str | os.PathLike, gguf_file: GGUFFile | None = None) -> None:
         import llama_cpp
 
-        self._llama = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        self._llama = _load_vocab(llama_cpp, str(path))
         md = (gguf_file or GGUFFile(path)).metadata
         self.vocab_size = int(self._llama.n_vocab())
         self.bos_id = int(md.get("tokenizer.ggml.bos_token_id", self._llama.token_bos()))
@@ -51,6 +64,8 @@ class Tokenizer:
         self.eos_ids.add(self.eos_id)
         self._bos_text = self.piece(self.bos_id) if self.bos_id >= 0 else ""
         self._eos_text = self.piece(self.eos_id) if self.eos_id >= 0 else ""
+        self.chat = load_chat_template(self.chat_template, self._bos_text, self._eos_text,
+                                       os.path.basename(os.fspath(path)))
 
     def encode(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
         """Text -> ids. `add_bos=None` follows the model's metadata."""
@@ -71,23 +86,14 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
                             template: str | None = None) -> str:
-        """Render messages with the GGUF's template in a sandboxed jinja2 environment."""
-        src = template or self.chat_template or CHATML
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise
-        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        try:
-            tpl = env.from_string(src)
-            return tpl.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                              bos_token=self._bos_text, eos_token=self._eos_text, tools=None)
-        except TemplateError as e:
-            raise ChatTemplateError(f"chat template error: {e}") from None
+        """Render messages with the GGUF's template (sandboxed, bounded: see text/templates.py)."""
+        chat = self.chat if template is None else ChatTemplate(template, self._bos_text, self._eos_text)
+        return chat.render(messages, add_generation_prompt)
 
     def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        """Render and tokenize; BOS is added only if the template did not write it."""
-        text = self.apply_chat_template(messages, add_generation_prompt)
-        add_bos = self.add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        return self.encode(text, add_bos=add_bos, special=True)
+        """Render and tokenize; BOS is added only if the template did not write it; control-token
+        text typed inside user/tool content stays text (see text/templates.py)."""
+        return encode_conversation(self, messages, add_generation_prompt)
 
 
 class StreamDecoder:
