@@ -39,7 +39,7 @@ MM_BT = 8  # batch rows per mul_mat block (matmul.cu)
 ATT_WARPS = 4  # attention.cu
 ATT_PF_ROWS = 8
 MAX_HEAD_DIM = 256
-_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$', re.M)
+_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$')
 
 
 def cuda_dir() -> Path:
@@ -51,26 +51,55 @@ def cuda_dir() -> Path:
 
 
 def kernel_source(name: str) -> str:
-    """The source of ``native/cuda/<name>.cu`` with its local includes inlined (for NVRTC)."""
+    """The source of ``native/cuda/<name>.cu`` with its local includes inlined (for NVRTC).
+
+    ``#line`` markers keep compiler messages (and the emulator's barrier and shuffle reports)
+    pointing at the original file and line.
+    """
     d = cuda_dir()
     seen: set[str] = set()
 
-    def expand(text: str) -> str:
-        def sub(m: re.Match[str]) -> str:
+    def expand(fname: str) -> str:
+        out = [f'#line 1 "{fname}"']
+        for n, line in enumerate((d / fname).read_text().replace("#pragma once", "").splitlines(), 1):
+            m = _INCLUDE.match(line)
+            if m is None:
+                out.append(line)
+                continue
             inc = m.group(1)
-            if inc in seen:
-                return ""
-            seen.add(inc)
-            return expand((d / inc).read_text().replace("#pragma once", ""))
+            if inc not in seen:
+                seen.add(inc)
+                out.append(expand(inc))
+            out.append(f'#line {n + 1} "{fname}"')
+        return "\n".join(out)
 
-        return _INCLUDE.sub(sub, text)
+    return expand(f"{name}.cu") + "\n"
 
-    return expand((d / f"{name}.cu").read_text())
+
+def emulated() -> bool:
+    """Whether ``EDGERUN_CUDA=emulate`` asks for the emulated device (:mod:`edgerun.backends.cuda_emu`)."""
+    return os.environ.get("EDGERUN_CUDA", "").strip().lower() == "emulate"
+
+
+def cupy_module() -> Any:
+    """CuPy, or the emulated device with CuPy's shape under ``EDGERUN_CUDA=emulate``."""
+    if emulated():
+        from edgerun.backends import cuda_emu
+
+        return cuda_emu
+    import cupy
+
+    return cupy
 
 
 def available() -> bool:
-    """Whether CuPy imports and sees at least one CUDA device."""
+    """Whether CuPy imports and sees a CUDA device (or the emulated device can be built)."""
     try:
+        if emulated():
+            from edgerun.backends import cuda_emu
+
+            cuda_emu.compiler()
+            return True
         import cupy
 
         return int(cupy.cuda.runtime.getDeviceCount()) > 0
@@ -96,8 +125,7 @@ class CudaBackend:
     name = "cuda"
 
     def __init__(self, device: int = 0, batched_threshold: int = 16, chunk_bytes: int = 256 << 20) -> None:
-        import cupy as cp
-
+        cp = cupy_module()
         self.cp = cp
         self.device = cp.cuda.Device(device)
         self.device.use()
