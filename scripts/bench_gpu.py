@@ -48,6 +48,7 @@ class Shape:
     tied: bool = False
     rope_base: float = 10000.0
     ctx: int = 4096
+    window: int = 0  # gemma3: sliding window of the local layers
 
 
 SHAPES: dict[str, Shape] = {
@@ -114,6 +115,10 @@ def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, 
     w.add_uint32(p + "attention.head_count_kv", s.n_kv_heads)
     w.add_float32(p + "attention.layer_norm_rms_epsilon", 1e-6)
     w.add_float32(p + "rope.freq_base", s.rope_base)
+    if s.arch == "gemma3":  # QK-norm, post-norms, sliding-window local layers
+        w.add_uint32(p + "attention.key_length", hd)
+        w.add_uint32(p + "attention.value_length", hd)
+        w.add_uint32(p + "attention.sliding_window", s.window or 4)
     w.add_uint32("general.file_type", 2 if qtype == 2 else 0)
     # a SentencePiece-style vocabulary: unk, bos, eos, 256 byte tokens, then filler pieces
     n_fill = max(s.vocab - 259, 0)
@@ -146,6 +151,10 @@ def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, 
         if s.qkv_bias:
             specs += [(b + "attn_q.bias", 0, (qd,)), (b + "attn_k.bias", 0, (kvd,)),
                       (b + "attn_v.bias", 0, (kvd,))]
+        if s.arch == "gemma3":
+            specs += [(b + "attn_q_norm.weight", norm_qtype, (hd,)), (b + "attn_k_norm.weight", norm_qtype, (hd,)),
+                      (b + "post_attention_norm.weight", norm_qtype, (s.dim,)),
+                      (b + "post_ffw_norm.weight", norm_qtype, (s.dim,))]
     specs.append(("output_norm.weight", norm_qtype, (s.dim,)))
     if not s.tied:
         specs.append(("output.weight", head_q, (s.dim, s.vocab)))

@@ -126,8 +126,9 @@ def test_rope(be: cuda.CudaBackend, neox: bool, scale: float) -> None:
 def _paged_case(rng: np.random.Generator, ctx_lens: list[int], bs: int, kvh: int, hd: int):
     n_blocks = sum(-(-c // bs) for c in ctx_lens) + 3
     perm = rng.permutation(n_blocks)
-    kc = rng.standard_normal((n_blocks * bs, kvh, hd)).astype(np.float32)
-    vc = rng.standard_normal((n_blocks * bs, kvh, hd)).astype(np.float32)
+    # values exact in f16 (the device cache's type), so the float reference sees the same caches
+    kc = rng.standard_normal((n_blocks * bs, kvh, hd)).astype(np.float16).astype(np.float32)
+    vc = rng.standard_normal((n_blocks * bs, kvh, hd)).astype(np.float16).astype(np.float32)
     max_blocks = max(-(-c // bs) for c in ctx_lens)
     tables = np.zeros((len(ctx_lens), max_blocks), np.int32)
     used = 0
@@ -179,17 +180,17 @@ def test_paged_prefill_attention(be: cuda.CudaBackend, window: int, hd: int) -> 
 def test_kv_write(be: cuda.CudaBackend) -> None:
     cp = be.cp
     rng = np.random.default_rng(5)
-    kc = cp.zeros((64, 2, 16), cp.float32)
-    vc = cp.zeros((64, 2, 16), cp.float32)
+    kc = cp.zeros((64, 2, 16), cp.float16)
+    vc = cp.zeros((64, 2, 16), cp.float16)
     k = rng.standard_normal((5, 2, 16)).astype(np.float32)
     v = rng.standard_normal((5, 2, 16)).astype(np.float32)
     slots = np.array([3, 40, 41, 0, 63], np.int32)
     be.synchronize()
     be.kv_write_dev(kc, vc, cp.asarray(k), cp.asarray(v), cp.asarray(slots))
     kh, vh = be.to_host(kc), be.to_host(vc)
-    np.testing.assert_array_equal(kh[slots], k)
-    np.testing.assert_array_equal(vh[slots], v)
-    assert np.count_nonzero(kh) == k.size - np.count_nonzero(k == 0)
+    np.testing.assert_array_equal(kh[slots], k.astype(np.float16))  # round to nearest even, as numpy
+    np.testing.assert_array_equal(vh[slots], v.astype(np.float16))
+    assert np.count_nonzero(kh) == k.size - np.count_nonzero(k.astype(np.float16) == 0)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -233,16 +234,15 @@ def test_end_to_end_matches_cpu(synth_model: Path, setup: dict) -> None:
     _end_to_end(synth_model, setup)
 
 
-# The runners compared here keep float KV caches: the GPU's cache is float, and a CPU cache of
-# halves (the default) would differ from it by the halves' rounding.
+# The GPU's KV cache is f16, as the CPU runner's default: both round K and V the same way.
 def _end_to_end(synth_model: Path, setup: dict) -> None:
     from edgerun.runtime.hybrid import HybridRunner, make_runner
     from edgerun.runtime.runner import Runner
 
-    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f32")
+    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
     want = _steps(cpu)
     hy = make_runner(synth_model, vram_bytes=8 << 30, n_ctx=256, num_blocks=32, block_size=16,
-                     backend="reference", kv_type="f32", **setup)
+                     backend="reference", kv_type="f16", **setup)
     assert isinstance(hy, HybridRunner) and hy.plan.uses_gpu
     got = _steps(hy)
     for g, w in zip(got, want, strict=True):
@@ -251,18 +251,124 @@ def _end_to_end(synth_model: Path, setup: dict) -> None:
 
 def test_tight_plan_mixes_layers(synth_model: Path) -> None:
     from edgerun.runtime.hybrid import HybridRunner
-    from edgerun.runtime.planner import plan_placement
+    from edgerun.runtime.planner import CUBLAS_WORKSPACE, RESERVE_FIXED, dequant_scratch, plan_placement
     from edgerun.runtime.runner import Runner
 
-    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f32")
+    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
     a = cpu.args
     full = plan_placement(cpu.gguf, a.n_layers, a.n_kv_heads, a.head_dim, ctx=512, vram_bytes=8 << 30)
     layer0 = sum(t.bytes for t in full.tensors.values() if t.layer == 0 and t.group == "attn")
     usable = layer0 + full.kv_layer_bytes + 1024
+    fixed = RESERVE_FIXED + dequant_scratch(cpu.gguf.tensors) + CUBLAS_WORKSPACE
     plan = plan_placement(cpu.gguf, a.n_layers, a.n_kv_heads, a.head_dim, ctx=512,
-                          vram_bytes=int((usable + (256 << 20)) / 0.95) + 2)
+                          vram_bytes=int((usable + fixed) / 0.95) + 2)
     assert [plan.layers[i]["attn"] for i in range(3)] == ["gpu", "cpu", "cpu"]
     hy = HybridRunner(synth_model, plan=plan, n_ctx=256, num_blocks=32, block_size=16, backend="reference",
-                      kv_type="f32")
+                      kv_type="f16")
     for g, w in zip(_steps(hy), _steps(cpu), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
+
+
+# ----------------------------------------------------------------------------- more end to end
+
+
+@pytest.fixture(scope="module")
+def gemma_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    bench = bench_gpu_module()
+    shape = bench.Shape("synth-gemma3", "gemma3", 3, 128, 256, 4, 2, 600, tied=True, ctx=512, window=4)
+    return bench.write_synthetic_gguf(tmp_path_factory.mktemp("g3") / "gemma3.gguf", shape, qtype=8, seed=3,
+                                      gain=8.0, exact=True)
+
+
+@pytest.mark.parametrize("placement", ["hybrid", "gpu"])
+def test_gemma3_end_to_end(gemma_model: Path, placement: str) -> None:
+    # sliding-window layers, QK-norm, post-norms and GELU on the GPU path
+    _end_to_end(gemma_model, dict(placement=placement))
+
+
+def _mixed_steps(runner) -> list[np.ndarray]:
+    """Steps whose batches mix prefill and decode rows: A and B prefill, then A decodes while C
+    prefills and B decodes, then all three decode."""
+    from edgerun.runtime.runner import SeqInput
+
+    rng = np.random.default_rng(7)
+    v = runner.args.vocab_size
+    tabs = [np.arange(j * 4, j * 4 + 4, dtype=np.int32) for j in range(3)]
+    a, b, c = (rng.integers(3, v, n).astype(np.int32) for n in (7, 5, 9))
+    out = runner.forward([SeqInput(a, 0, tabs[0], want_all_logits=True), SeqInput(b, 0, tabs[1])])
+    out += runner.forward([SeqInput(np.array([11], np.int32), 7, tabs[0]),
+                           SeqInput(c, 0, tabs[2], want_all_logits=True),
+                           SeqInput(np.array([12], np.int32), 5, tabs[1])])
+    for step in range(3):
+        out += runner.forward([SeqInput(np.array([13 + step], np.int32), p + step, t)
+                               for p, t in zip((8, 6, 9), (tabs[0], tabs[1], tabs[2]), strict=True)])
+    return out
+
+
+@pytest.mark.parametrize("placement", ["hybrid", "gpu"])
+def test_batches_mixing_prefill_and_decode(synth_model: Path, placement: str) -> None:
+    from edgerun.runtime.hybrid import make_runner
+    from edgerun.runtime.runner import Runner
+
+    kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
+    want = _mixed_steps(Runner(synth_model, **kw))
+    got = _mixed_steps(make_runner(synth_model, placement=placement, vram_bytes=8 << 30, **kw))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
+
+
+def test_graphs_replay_and_recapture_when_n_split_changes(synth_model: Path) -> None:
+    from edgerun.runtime.hybrid import make_runner
+    from edgerun.runtime.runner import Runner
+
+    kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
+    want = _steps(Runner(synth_model, **kw), 8)
+    for placement in ("gpu", "hybrid"):
+        hy = make_runner(synth_model, placement=placement, vram_bytes=8 << 30, overlap=False, **kw)
+        hy.gpu_backend.split_keys = 4  # a new split count every 4 keys: graphs must be re-captured
+        got = _steps(hy, n_decode=8)  # per shape: one eager step, then capture, then replay
+        assert hy.model.graphs, "capture should have worked"
+        splits = {key[-1] for key in hy.model.captured}
+        assert len(splits) >= 2, f"expected graphs for several split counts, got {splits}"
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
+
+
+# ----------------------------------------------------------------------------- real models
+
+REAL_MODELS = ["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "gemma-3-270m-q4_k_m.gguf"]
+
+
+def _model_path(name: str) -> Path:
+    import os
+
+    p = Path(os.environ.get("EDGERUN_MODELS", Path(__file__).resolve().parents[1] / "models")) / name
+    if not p.is_file():
+        pytest.skip(f"{name} not downloaded (set EDGERUN_MODELS)")
+    return p
+
+
+def _greedy(runner, n: int = 8) -> list[int]:
+    from edgerun.generate import step_tokens
+    from edgerun.text.sampling import SamplingParams
+
+    ids = runner.tokenizer.encode("def fib(n):")
+    return list(step_tokens(runner, ids, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)))
+
+
+@pytest.fixture(scope="module", params=REAL_MODELS, ids=["qwen0.5b", "gemma270m"])
+def real_model(request: pytest.FixtureRequest) -> tuple[Path, list[int]]:
+    from edgerun.runtime.runner import Runner
+
+    path = _model_path(request.param)
+    return path, _greedy(Runner(path, n_ctx=64))
+
+
+@pytest.mark.parametrize("placement", ["hybrid", "gpu"])
+def test_real_model_greedy_tokens_match_cpu(real_model: tuple[Path, list[int]], placement: str) -> None:
+    from edgerun.runtime.hybrid import HybridRunner, make_runner
+
+    path, want = real_model
+    hy = make_runner(path, placement=placement, vram_bytes=8 << 30, n_ctx=64)
+    assert isinstance(hy, HybridRunner)
+    assert _greedy(hy) == want

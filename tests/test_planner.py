@@ -13,9 +13,13 @@ from edgerun.cli import main
 from edgerun.quant.gguf_file import GGUFFile
 from edgerun.runtime.planner import (
     CPU,
+    CUBLAS_WORKSPACE,
+    DEQUANT_SCRATCH,
     GPU,
     MIB,
+    RESERVE_FIXED,
     PlanError,
+    dequant_scratch,
     kv_bytes,
     parse_override,
     plan_for_file,
@@ -58,7 +62,7 @@ ATTN_LAYER = 10 * MIB
 
 def vram_for(usable: int) -> int:
     """Free VRAM whose usable part (after the reserve) is at least ``usable``."""
-    v = math.ceil((usable + 256 * MIB) / 0.95) + 1
+    v = math.ceil((usable + RESERVE_FIXED + DEQUANT_SCRATCH + CUBLAS_WORKSPACE) / 0.95) + 1
     assert v - reserve_bytes(v) >= usable
     return v
 
@@ -68,10 +72,31 @@ def plan(vram: int, **kw):
 
 
 def test_kv_bytes_formula() -> None:
-    assert kv_bytes(100, 3, 2, 2, 16) == 100 * 3 * 2 * 2 * 2 * 16 * 4
-    assert kv_bytes(100, 3, 2, 2, 16, bytes_per_elem=2) == 100 * 3 * 2 * 2 * 2 * 16 * 2
+    assert kv_bytes(100, 3, 2, 2, 16) == 100 * 3 * 2 * 2 * 2 * 16 * 2  # f16 by default
+    assert kv_bytes(100, 3, 2, 2, 16, bytes_per_elem=4) == 100 * 3 * 2 * 2 * 2 * 16 * 4
     p = plan_placement(table(), L, KVH, HD, ctx=300, batch=2, vram_bytes=0)
     assert p.kv_cache["bytes"] == kv_bytes(300, 2, L, KVH, HD)
+
+
+def test_kv_bytes_use_each_devices_element_size() -> None:
+    # GPU cache f16; a runner with kv_type f32 keeps its CPU layers in f32
+    p = plan(vram_for(2 * (ATTN_LAYER + KV_LAYER) + MIB), kv_bytes_per_elem=4)
+    assert p.kv_devices == [GPU, GPU, CPU, CPU]
+    kv = p.kv_cache
+    assert kv["gpu_bytes"] == 2 * kv_bytes(CTX, 1, 1, KVH, HD, 2)
+    assert kv["cpu_bytes"] == 2 * kv_bytes(CTX, 1, 1, KVH, HD, 4)
+    assert p.to_dict()["kv_cache"]["bytes"] == kv["gpu_bytes"] + kv["cpu_bytes"]
+
+
+def test_reserve_covers_dequant_scratch_and_cublas_workspace() -> None:
+    v = 24 << 30
+    assert reserve_bytes(v) == int(v * 0.05) + RESERVE_FIXED + DEQUANT_SCRATCH + CUBLAS_WORKSPACE
+    assert reserve_bytes(v, scratch=0) == int(v * 0.05) + RESERVE_FIXED + CUBLAS_WORKSPACE
+    assert reserve_bytes(100 * MIB) == 100 * MIB
+    # with real shapes the scratch is the largest matrix in f32, capped
+    shaped = {"a": SimpleNamespace(nbytes=1, shape=(64, 1000)), "b": SimpleNamespace(nbytes=1, shape=(64,))}
+    assert dequant_scratch(shaped) == 4 * 64 * 1000
+    assert dequant_scratch({"e": SimpleNamespace(nbytes=1, shape=(4096, 128256))}) == DEQUANT_SCRATCH
 
 
 def test_budget_zero_is_all_cpu() -> None:
@@ -123,7 +148,7 @@ def test_modes() -> None:
     assert not plan(big, mode="cpu").uses_gpu
     h = plan(big, mode="hybrid")
     assert all(d == {"attn": GPU, "ffn": CPU} for d in h.layers.values())
-    assert h.head_device == CPU and h.kv_cache["device"] == GPU
+    assert h.head_device == GPU and h.kv_cache["device"] == GPU  # the head goes on the GPU when it fits
     g = plan(big, mode="gpu")
     assert all(d == {"attn": GPU, "ffn": GPU} for d in g.layers.values()) and g.head_device == GPU
     # gpu mode fills whole layers (like -ngl), auto fills attention first
@@ -227,7 +252,7 @@ def test_cli_missing_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
 
 @pytest.mark.real
 def test_cli_json_real_qwen(qwen05_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = _run_cli(capsys, "plan", "-m", str(qwen05_path), "--vram-gb", "0.3", "--json")
+    rc, out, _ = _run_cli(capsys, "plan", "-m", str(qwen05_path), "--vram-gb", "0.6", "--json")
     assert rc == 0
     d = json.loads(out)
     with GGUFFile(qwen05_path) as gf:

@@ -34,7 +34,7 @@ TYPE_SUFFIX: dict[int, str] = {0: "f32", 1: "f16", 30: "bf16", 2: "q4_0", 3: "q4
                                8: "q8_0", 12: "q4_k", 13: "q5_k", 14: "q6_k"}
 SOURCES = ("matmul", "norm", "rope", "kv", "attention")
 KERNEL_NAMES = ("rms_norm_f32", "qk_norm_f32", "add_bias_f32", "add_f32", "act_mul_f32", "scale_f32",
-                "rope_f32", "kv_write_f32", "attn_paged_partial", "attn_reduce", "attn_prefill")
+                "rope_f32", "kv_write_f16", "attn_paged_partial", "attn_reduce", "attn_prefill")
 MM_BT = 8  # batch rows per mul_mat block (matmul.cu)
 ATT_WARPS = 4  # attention.cu
 ATT_PF_ROWS = 8
@@ -139,7 +139,13 @@ class CudaBackend:
         self._vectors: dict[int, tuple[np.ndarray, Any]] = {}
         self._bufs: dict[str, Any] = {}
         self._pinned: dict[str, tuple[Any, np.ndarray]] = {}
+        self._rope: dict[tuple[float, float, int], Any] = {}
         self.generation = 0  # bumped whenever a pooled buffer is (re)allocated: captured graphs go stale
+        try:
+            self.sm_count = int(self.device.attributes["MultiProcessorCount"])
+        except Exception:  # an old CuPy without the attribute table: assume a mid-size GPU
+            self.sm_count = 64
+        self.split_keys = 64  # fewest keys per decode-attention split
 
     # ------------------------------------------------------------------ plumbing
     def kernel(self, name: str) -> Any:
@@ -148,7 +154,7 @@ class CudaBackend:
         if k is None:
             mod = "matmul" if name.split("_")[0] in ("mul", "dequant", "get") else None
             if mod is None:
-                mod = {"rope_f32": "rope", "kv_write_f32": "kv"}.get(name)
+                mod = {"rope_f32": "rope", "kv_write_f16": "kv"}.get(name)
             if mod is None:
                 mod = "attention" if name.startswith("attn") else "norm"
             k = self._k[name] = self._mods[mod].get_function(name)
@@ -327,21 +333,33 @@ class CudaBackend:
         self.launch("qk_norm_f32", (rq + rk,), (threads,),
                     (q, k, wq, wk, np.int32(rq), np.int32(rk), np.int32(hd), np.float32(eps)))
 
+    def rope_table(self, base: float, pos_scale: float, hd: int) -> Any:
+        """Device (hd/2, 2) f32: each pair's frequency pos_scale * base^(-2i/hd) as hi + lo floats."""
+        key = (float(base), float(pos_scale), int(hd))
+        tab = self._rope.get(key)
+        if tab is None:
+            f = pos_scale * np.power(float(base), -np.arange(0, hd, 2, dtype=np.float64) / hd)
+            hi = f.astype(np.float32)
+            lo = (f - hi.astype(np.float64)).astype(np.float32)
+            with self.stream:
+                tab = self._rope[key] = self.cp.asarray(np.stack([hi, lo], axis=1))
+        return tab
+
     def rope_dev(self, x: Any, pos: Any, base: float, neox: bool, pos_scale: float = 1.0) -> None:
-        """In-place RoPE of ``x`` (T, H, hd) at positions ``pos`` (T,) int32 device."""
+        """In-place RoPE of ``x`` (T, H, hd) at positions ``pos`` (T,) int32 device (FP32 angles)."""
         t, h, hd = (int(s) for s in x.shape)
         n = t * h * (hd // 2)
         self.launch("rope_f32", ((n + 255) // 256,), (256,),
-                    (x, pos, np.int32(t), np.int32(h), np.int32(hd), np.float64(base), np.float64(pos_scale),
+                    (x, pos, self.rope_table(base, pos_scale, hd), np.int32(t), np.int32(h), np.int32(hd),
                      np.int32(1 if neox else 0)))
 
     def kv_write_dev(self, kc: Any, vc: Any, k: Any, v: Any, slots: Any) -> None:
-        """Write k, v (T, KVH, hd) into the paged caches (slots, KVH, hd) at ``slots`` (T,) int32."""
+        """Write k, v (T, KVH, hd) f32 into the f16 paged caches (slots, KVH, hd) at ``slots`` (T,) int32."""
         t = int(k.shape[0])
         w = int(k.size // max(t, 1))
         n = t * w
         if n:
-            self.launch("kv_write_f32", ((n + 255) // 256,), (256,),
+            self.launch("kv_write_f16", ((n + 255) // 256,), (256,),
                         (kc, vc, k, v, slots, np.int32(t), np.int32(w)))
 
     def add_dev(self, a: Any, b: Any, out: Any) -> Any:
@@ -368,16 +386,18 @@ class CudaBackend:
         n = int(x.size)
         self.launch("scale_f32", ((n + 255) // 256,), (256,), (x, np.float32(s), np.int64(n)))
 
-    @staticmethod
-    def n_split_for(max_keys: int) -> int:
-        """Sequence splits for decode attention over ``max_keys`` keys (chunks of about 256 keys)."""
-        return max(1, min(64, math.ceil(max_keys / 256)))
+    def n_split_for(self, max_keys: int, rows: int = 1, heads: int = 1) -> int:
+        """Key-range splits for decode attention: enough blocks (heads × rows × splits) to give every SM
+        two, but no split shorter than ``split_keys`` keys (its fixed cost would dominate)."""
+        fill = math.ceil(2 * self.sm_count / max(1, rows * heads))
+        longest = math.ceil(max(1, max_keys) / self.split_keys)
+        return max(1, min(64, fill, longest))
 
     def attention_dev(self, q: Any, kc: Any, vc: Any, q_seq: Any, q_pos: Any, tables: Any, block_size: int,
                       scale: float, window: int, n_split: int, out: Any) -> Any:
         """Paged attention of query rows q (R, H, hd) -> out (R, H * hd) via partials + reduce.
 
-        ``tables`` (S, max_blocks) int32; ``q_seq``/``q_pos`` (R,) int32 device arrays.
+        Caches (slots, KVH, hd) f16; ``tables`` (S, max_blocks) int32; ``q_seq``/``q_pos`` (R,) int32.
         """
         r, h, hd = (int(s) for s in q.shape)
         kvh = int(kc.shape[1])
@@ -444,12 +464,13 @@ class CudaBackend:
     def paged_attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, q_seq: np.ndarray,
                         q_pos: np.ndarray, tables: np.ndarray, block_size: int, scale: float, window: int = 0,
                         n_split: int | None = None, prefill: bool = False) -> np.ndarray:
-        """Paged attention with numpy in and out (tests): q (R, H, hd), caches (slots, KVH, hd)."""
+        """Paged attention with numpy in and out (tests): q (R, H, hd), caches (slots, KVH, hd) (stored as
+        f16 on the device, as the runner's are)."""
         cp = self.cp
         with self.stream:
             qd = cp.asarray(np.ascontiguousarray(q, np.float32))
-            kd = cp.asarray(np.ascontiguousarray(k_cache, np.float32))
-            vd = cp.asarray(np.ascontiguousarray(v_cache, np.float32))
+            kd = cp.asarray(np.ascontiguousarray(k_cache, np.float16))
+            vd = cp.asarray(np.ascontiguousarray(v_cache, np.float16))
             sd = cp.asarray(np.asarray(q_seq, np.int32))
             pd = cp.asarray(np.asarray(q_pos, np.int32))
             td = cp.asarray(np.ascontiguousarray(tables, np.int32))
@@ -457,6 +478,6 @@ class CudaBackend:
         if prefill:
             self.attention_prefill_dev(qd, kd, vd, pd, td[int(q_seq[0])], block_size, scale, window, out)
         else:
-            ns = n_split or self.n_split_for(int(np.max(q_pos)) + 1)
+            ns = n_split or self.n_split_for(int(np.max(q_pos)) + 1, int(q.shape[0]), int(q.shape[1]))
             self.attention_dev(qd, kd, vd, sd, pd, td, block_size, scale, window, ns, out)
         return self.to_host(out)

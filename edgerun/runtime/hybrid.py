@@ -74,8 +74,8 @@ class GPUExec:
                 d["post_ffn_norm"] = backend.vector(ly.post_ffn_norm)
             self.w[i] = d
             with backend.stream:
-                self.kc[i] = cp.zeros((num_slots, a.n_kv_heads, a.head_dim), cp.float32)
-                self.vc[i] = cp.zeros((num_slots, a.n_kv_heads, a.head_dim), cp.float32)
+                self.kc[i] = cp.zeros((num_slots, a.n_kv_heads, a.head_dim), cp.float16)  # as the CPU's
+                self.vc[i] = cp.zeros((num_slots, a.n_kv_heads, a.head_dim), cp.float16)
         self.head_on_gpu = plan.head_device == GPU
         if self.head_on_gpu:
             self.head = backend.upload(model.output)
@@ -103,7 +103,7 @@ class GPUExec:
             tables=be.to_device(tables, tag + "tables"),
             seqs=list(zip(b.seq_starts, b.seq_lens, strict=True)),
             decode=decode,
-            n_split=be.n_split_for(max(b.ctx_lens)) if decode else 1,
+            n_split=be.n_split_for(max(b.ctx_lens), s, self.args.n_heads) if decode else 1,
         )
 
     # ------------------------------------------------------------------ layer pieces on the device
@@ -169,6 +169,7 @@ class HybridModel:
         self.graphs = graphs
         self._graphs: dict[tuple[Any, ...], Any] = {}
         self._seen: set[tuple[Any, ...]] = set()
+        self.captured: list[tuple[Any, ...]] = []  # keys of every capture so far (tests, debugging)
         self._graph_gen = -1
 
     def __getattr__(self, name: str) -> Any:
@@ -250,6 +251,7 @@ class HybridModel:
                 g.ffn(i, xd, st.t, tag)
             return
         self._graphs[key] = graph
+        self.captured.append(key)
         graph.launch(stream=be.stream)
 
     # ------------------------------------------------------------------ forward

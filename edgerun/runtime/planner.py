@@ -5,13 +5,16 @@ the context and batch the runner will serve, and the free VRAM (probed, or prete
 ``vram_bytes``). Greedy, in the order that pays most for a hybrid step:
 
 1. per layer, in layer order: the attention tensors (Q/K/V/O weights, their biases and norms) and
-   that layer's slice of the KV cache, until the usable VRAM (free VRAM minus a reserve for
-   activations and scratch) runs out;
-2. (``auto``) with every layer's attention on the GPU: the output head, then whole FFN blocks
-   (all of a layer's ``ffn_*`` tensors) layer by layer while they fit;
+   that layer's slice of the KV cache, until the usable VRAM (free VRAM minus a reserve for the
+   CUDA context, the dequantize scratch, the cuBLAS workspace and activations) runs out;
+2. with every layer's attention on the GPU: the output head (``auto`` and ``hybrid``: on the CPU it
+   reads the whole vocabulary matrix every token, the largest single read of a small model), then
+   (``auto``) whole FFN blocks (all of a layer's ``ffn_*`` tensors) layer by layer while they fit;
    (``gpu``) whole layers, attention + KV + FFN together, like llama.cpp's ``-ngl``, then the head;
-   (``hybrid``) nothing more: the FFN stays on the CPU;
    (``cpu``) nothing on the GPU at all.
+
+KV bytes are counted with the element size each device stores: f16 on the GPU (the CUDA backend's
+cache), the runner's ``kv_type`` on the CPU (f16 by default).
 
 Token embeddings always stay on the CPU (a row lookup). Regex overrides ``REGEX=cpu|gpu``
 (repeatable, last match wins, like llama.cpp's ``-ot``) are applied after the planner and beat it.
@@ -27,10 +30,14 @@ from typing import Any, Protocol
 
 CPU, GPU = "cpu", "gpu"
 MODES = ("auto", "cpu", "gpu", "hybrid")
-KV_BYTES_PER_ELEM = 4  # the runner's KV cache is float32
+KV_BYTES_PER_ELEM = 2  # f16: the GPU cache always, the CPU cache by default
+GPU_KV_BYTES = 2
+CPU_KV_BYTES = {"f16": 2, "f32": 4}
 MIB = 1 << 20
-RESERVE_FRACTION = 0.05
-RESERVE_FIXED = 256 * MIB
+RESERVE_FRACTION = 0.05  # activations and allocator slack
+RESERVE_FIXED = 256 * MIB  # the CUDA context and module images
+DEQUANT_SCRATCH = 256 * MIB  # CudaBackend.chunk_bytes: one weight chunk dequantized to f32 (large batches)
+CUBLAS_WORKSPACE = 32 * MIB  # cuBLAS's default workspace on Hopper (4 MiB before): take the larger
 
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -66,12 +73,13 @@ class Plan:
     vram_usable: int  # after the budget cap and the reserve
     reserve: int
     tensors: dict[str, Placement]
-    kv_layer_bytes: int  # KV bytes of one layer (K and V)
+    kv_layer_bytes: int  # KV bytes of one layer (K and V) on the GPU (f16)
     kv_devices: list[str]  # per layer
     head_tensor: str  # the tensor the output projection reads ("output.weight" or tied "token_embd.weight")
     head_device: str
     overrides: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kv_cpu_layer_bytes: int = 0  # KV bytes of one layer kept on the CPU (the runner's kv_type)
 
     # --- derived views
     def device_of(self, name: str) -> str:
@@ -81,8 +89,9 @@ class Plan:
     @property
     def kv_cache(self) -> dict[str, Any]:
         """``{"device", "bytes", "gpu_bytes", "cpu_bytes"}``; device is "split" when layers differ."""
-        gpu = sum(self.kv_layer_bytes for d in self.kv_devices if d == GPU)
-        cpu = self.kv_layer_bytes * len(self.kv_devices) - gpu
+        n_gpu = sum(1 for d in self.kv_devices if d == GPU)
+        gpu = self.kv_layer_bytes * n_gpu
+        cpu = (self.kv_cpu_layer_bytes or self.kv_layer_bytes) * (len(self.kv_devices) - n_gpu)
         dev = GPU if cpu == 0 and gpu > 0 else CPU if gpu == 0 else "split"
         return {"device": dev, "bytes": gpu + cpu, "gpu_bytes": gpu, "cpu_bytes": cpu}
 
@@ -154,9 +163,25 @@ def kv_bytes(ctx: int, batch: int, n_layers: int, n_kv_heads: int, head_dim: int
     return ctx * batch * n_layers * 2 * n_kv_heads * head_dim * bytes_per_elem
 
 
-def reserve_bytes(vram: int) -> int:
-    """VRAM kept back for activations, scratch and the CUDA context: 5% + 256 MiB (capped at all)."""
-    return min(vram, int(vram * RESERVE_FRACTION) + RESERVE_FIXED)
+def reserve_bytes(vram: int, scratch: int = DEQUANT_SCRATCH) -> int:
+    """VRAM kept back (capped at all of it): 5% for activations, 256 MiB for the CUDA context, the
+    dequantize ``scratch`` of large-batch matmuls and the cuBLAS workspace."""
+    return min(vram, int(vram * RESERVE_FRACTION) + RESERVE_FIXED + scratch + CUBLAS_WORKSPACE)
+
+
+def dequant_scratch(tensors: Mapping[str, Any]) -> int:
+    """f32 bytes of the largest matrix dequantized at once (capped at :data:`DEQUANT_SCRATCH`)."""
+    most = 0
+    for info in tensors.values():
+        shape = getattr(info, "shape", None)
+        if shape is None:
+            return DEQUANT_SCRATCH  # sizes only (tests, synthetic tables): assume the cap
+        if len(shape) >= 2:
+            n = 1
+            for d in shape:
+                n *= int(d)
+            most = max(most, 4 * n)
+    return min(DEQUANT_SCRATCH, most)
 
 
 def classify(name: str) -> tuple[str, int | None]:
@@ -234,6 +259,7 @@ def plan_placement(
 
     ``tensors`` is a GGUFFile (its ``.tensors`` is used) or a mapping name -> object with ``nbytes``.
     ``vram_bytes`` pretends that much free VRAM (None: probe the first GPU); ``vram_budget`` caps it.
+    ``kv_bytes_per_elem`` is the CPU cache's element size (the runner's kv_type); the GPU's is f16.
     """
     if mode not in MODES:
         raise PlanError(f"unknown placement '{mode}' (choose from {', '.join(MODES)})")
@@ -255,7 +281,7 @@ def plan_placement(
     else:
         free = int(vram_bytes)
     cap = free if vram_budget is None else min(free, int(vram_budget))
-    reserve = reserve_bytes(cap)
+    reserve = reserve_bytes(cap, dequant_scratch(table))
     usable = cap - reserve if mode != CPU else 0
     if mode == GPU and free == 0:
         notes.append("placement gpu: no GPU memory, everything stays on the CPU")
@@ -277,7 +303,8 @@ def plan_placement(
     head_bytes = sum(place[n].bytes for n in head_names)
     if head == "token_embd.weight" and head in place:
         head_bytes += place[head].bytes  # a GPU copy of the tied embedding table
-    kv_layer = kv_bytes(ctx, batch, 1, n_kv_heads, head_dim, kv_bytes_per_elem)
+    kv_layer = kv_bytes(ctx, batch, 1, n_kv_heads, head_dim, GPU_KV_BYTES)
+    kv_cpu_layer = kv_bytes(ctx, batch, 1, n_kv_heads, head_dim, kv_bytes_per_elem)
     kv_dev = [CPU] * n_layers
     head_dev = CPU
     left = usable
@@ -307,8 +334,9 @@ def plan_placement(
             kv_dev[i] = GPU
             left -= need
             n_attn += 1
-        if mode == "auto" and n_attn == n_layers:
+        if n_attn == n_layers:
             try_head()
+        if mode == "auto" and n_attn == n_layers:
             for i in range(n_layers):
                 need = size(ffn_of[i])
                 if need > left:
@@ -352,7 +380,8 @@ def plan_placement(
                      "attention: the runtime runs those FFNs on the CPU")
     plan = Plan(mode=mode, n_layers=n_layers, ctx=ctx, batch=batch, vram_free=free,
                 vram_usable=max(usable, 0), reserve=reserve, tensors=place, kv_layer_bytes=kv_layer,
-                kv_devices=kv_dev, head_tensor=head, head_device=head_dev, overrides=ovr, notes=notes)
+                kv_devices=kv_dev, head_tensor=head, head_device=head_dev, overrides=ovr, notes=notes,
+                kv_cpu_layer_bytes=kv_cpu_layer)
     if ovr and plan.totals[GPU] > cap:
         notes.append(f"overrides put {plan.totals[GPU] / MIB:.0f} MiB on the GPU, over the "
                      f"{cap / MIB:.0f} MiB available")

@@ -42,8 +42,10 @@ __device__ __forceinline__ void mul_mat_impl(const u8* __restrict__ W, const flo
     }
 #pragma unroll
     for (int b = 0; b < MM_BT; b++) {
-        const float s = warp_sum(acc[b]);
-        if (lane == 0 && b < nb) Y[(i64)(b0 + b) * N + n] = s;
+        if (b < nb) {  // warp-uniform: only the rows this tile has are reduced
+            const float s = warp_sum(acc[b]);
+            if (lane == 0) Y[(i64)(b0 + b) * N + n] = s;
+        }
     }
 }
 
