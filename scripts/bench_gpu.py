@@ -152,7 +152,8 @@ def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, 
             specs += [(b + "attn_q.bias", 0, (qd,)), (b + "attn_k.bias", 0, (kvd,)),
                       (b + "attn_v.bias", 0, (kvd,))]
         if s.arch == "gemma3":
-            specs += [(b + "attn_q_norm.weight", norm_qtype, (hd,)), (b + "attn_k_norm.weight", norm_qtype, (hd,)),
+            specs += [(b + "attn_q_norm.weight", norm_qtype, (hd,)),
+                      (b + "attn_k_norm.weight", norm_qtype, (hd,)),
                       (b + "post_attention_norm.weight", norm_qtype, (s.dim,)),
                       (b + "post_ffw_norm.weight", norm_qtype, (s.dim,))]
     specs.append(("output_norm.weight", norm_qtype, (s.dim,)))

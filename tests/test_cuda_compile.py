@@ -150,8 +150,9 @@ def host_deq(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("deq")
     (d / "h.cpp").write_text(_HARNESS)
     exe = d / "deq"
-    r = subprocess.run([CXX, "-O1", "-w", "-std=c++17", "-include", str(CUDA_DIR / "emu" / "cuda_emu.h"), "-I",
-                        str(CUDA_DIR), str(d / "h.cpp"), "-o", str(exe)],
+    emu = CUDA_DIR / "emu" / "cuda_emu.h"
+    r = subprocess.run([CXX, "-O1", "-w", "-std=c++17", "-include", str(emu), "-I", str(CUDA_DIR),
+                        str(d / "h.cpp"), "-o", str(exe)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     return exe

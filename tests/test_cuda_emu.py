@@ -60,7 +60,8 @@ def test_divergent_barrier_fails_loudly() -> None:
     k = cp.RawModule(code=code).get_function("diverge")
     y = cp.empty((64,), np.float32)
     k((1,), (64,), (y,))
-    with pytest.raises(CUDARuntimeError, match=r"kernel diverge, block \(0,0,0\).*different barriers.*threads 0-31"):
+    with pytest.raises(CUDARuntimeError,
+                       match=r"kernel diverge, block \(0,0,0\).*different barriers.*threads 0-31"):
         cp.synchronize()
 
 
@@ -106,8 +107,8 @@ def test_48_thread_block_with_shuffles_is_caught(kernels: cuda.CudaBackend) -> N
     x = cp.asarray(np.ones((2, 64), np.float32))
     y = cp.empty((2, 64), np.float32)
     kernels.kernel("rms_norm_f32")((2,), (48,), (x, None, y, np.int32(2), np.int32(64), np.float32(1e-6)))
-    with pytest.raises(CUDARuntimeError, match=r"rms_norm_f32.*48 threads.*__shfl_xor_sync.*warp 1, which has "
-                                               r"only 16 lanes"):
+    with pytest.raises(CUDARuntimeError,
+                       match=r"rms_norm_f32.*48 threads.*__shfl_xor_sync.*warp 1, which has only 16 lanes"):
         cp.synchronize()
 
 
@@ -133,7 +134,8 @@ def test_out_of_bounds_write_hits_the_guard_zone() -> None:
     k = cp.RawModule(code=code).get_function("fill")
     y = cp.empty((100,), np.float32)
     k((1,), (128,), (y, np.int32(100)))
-    with pytest.raises(CUDARuntimeError, match=r"kernel fill.*out-of-bounds write.*4 byte\(s\) after the end"):
+    with pytest.raises(CUDARuntimeError,
+                       match=r"kernel fill.*out-of-bounds write.*4 byte\(s\) after the end"):
         cp.synchronize()
 
 
