@@ -372,3 +372,73 @@ def test_real_model_greedy_tokens_match_cpu(real_model: tuple[Path, list[int]], 
     hy = make_runner(path, placement=placement, vram_bytes=8 << 30, n_ctx=64)
     assert isinstance(hy, HybridRunner)
     assert _greedy(hy) == want
+
+
+# ----------------------------------------------------------------------------- design points
+
+
+def _counting_ffn(hy) -> list[int]:
+    calls: list[int] = []
+    inner = hy.model.cpu_ffn
+
+    def counted(ly, x):
+        calls.append(id(ly))
+        return inner(ly, x)
+
+    hy.model.cpu_ffn = counted
+    return calls
+
+
+def test_ffn_weights_read_once_per_layer_per_step(synth_model: Path) -> None:
+    from edgerun.runtime.hybrid import make_runner
+
+    kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference")
+    hy = make_runner(synth_model, placement="hybrid", vram_bytes=8 << 30, **kw)
+    n_layers = hy.args.n_layers
+    hy.model.llc_bytes = 0  # FFN weights that do not fit the cache: overlap would stream them twice
+    calls = _counting_ffn(hy)
+    out = _steps(hy, n_decode=2)  # three sequences per step
+    assert len(calls) == 3 * n_layers, "each layer's CPU FFN must run once per step for the whole batch"
+    hy2 = make_runner(synth_model, placement="hybrid", vram_bytes=8 << 30, **kw)
+    hy2.model.llc_bytes = 1 << 40  # FFN weights in the cache: the second half re-reads them from there
+    calls2 = _counting_ffn(hy2)
+    out2 = _steps(hy2, n_decode=2)
+    assert len(calls2) == 2 * 3 * n_layers
+    for g, w in zip(out2, out, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
+
+
+def test_no_graph_capture_above_the_batched_threshold(synth_model: Path) -> None:
+    from edgerun.runtime.hybrid import make_runner
+    from edgerun.runtime.runner import Runner
+
+    kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference")
+    want = _steps(Runner(synth_model, **kw), 4)
+    hy = make_runner(synth_model, placement="gpu", vram_bytes=8 << 30, overlap=False, **kw)
+    hy.gpu_backend.batched_threshold = 2  # the 3-sequence decode steps take the dequantize + cuBLAS path
+    got = _steps(hy, n_decode=4)
+    assert hy.model.graphs and hy.model.captured == []
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
+
+
+def test_hybrid_plan_puts_the_head_on_the_gpu(synth_model: Path) -> None:
+    from edgerun.runtime.hybrid import make_runner
+
+    hy = make_runner(synth_model, placement="hybrid", vram_bytes=8 << 30, n_ctx=256, num_blocks=32,
+                     block_size=16, backend="reference")
+    assert hy.plan.head_device == "gpu" and hy.gpu.head_on_gpu
+    assert all(d == {"attn": "gpu", "ffn": "cpu"} for d in hy.plan.layers.values())
+
+
+def test_decode_split_count_follows_the_sm_count(be: cuda.CudaBackend) -> None:
+    old = be.sm_count
+    try:
+        be.sm_count = 128  # RTX 4090: 2 blocks per SM
+        assert be.n_split_for(8192, rows=1, heads=32) == 8
+        assert be.n_split_for(8192, rows=8, heads=32) == 1
+        assert be.n_split_for(100, rows=1, heads=4) == 2  # no split under split_keys keys
+        be.sm_count = 132  # H100
+        assert be.n_split_for(8192, rows=1, heads=8) == 33
+    finally:
+        be.sm_count = old

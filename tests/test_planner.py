@@ -11,6 +11,7 @@ import pytest
 
 from edgerun.cli import main
 from edgerun.quant.gguf_file import GGUFFile
+from edgerun.runtime.devices import GPUInfo, cuda_order, pci_key, probe_gpus
 from edgerun.runtime.planner import (
     CPU,
     CUBLAS_WORKSPACE,
@@ -262,3 +263,39 @@ def test_cli_json_real_qwen(qwen05_path: Path, capsys: pytest.CaptureFixture[str
     layers = d["layers"]
     assert layers["0"]["attn"] == GPU and layers["23"]["attn"] == CPU  # a tight budget
     assert all(v["ffn"] == CPU for v in layers.values())
+
+
+# ----------------------------------------------------------------------------- NVML and CUDA agree on the GPU
+# probe_gpus lists NVML's GPUs in CUDA's order, so the plan reads the VRAM of CUDA device 0.
+
+A = GPUInfo(0, "RTX 3090", 24 << 30, 20 << 30, 0, "GPU-aaaa1111-0000", "00000000:17:00.0")
+B = GPUInfo(1, "RTX 4090", 24 << 30, 23 << 30, 0, "GPU-bbbb2222-0000", "00000000:65:00.0")
+C = GPUInfo(2, "RTX 4060", 8 << 30, 8 << 30, 0, "GPU-cccc3333-0000", "00000000:B3:00.0")
+
+
+def test_pci_keys_compare_across_spellings() -> None:
+    assert pci_key("00000000:65:00.0") == pci_key("0000:65:00.0") == (0, 0x65, 0)
+    assert pci_key("garbage") is None
+
+
+def test_cuda_order_by_bus_id() -> None:
+    # CUDA's default order is fastest first: the 4090 is CUDA device 0 although NVML lists it second
+    assert cuda_order([A, B, C], ["0000:65:00.0", "0000:17:00.0", "0000:B3:00.0"]) == [B, A, C]
+    # CUDA_VISIBLE_DEVICES hid two GPUs: CUDA reports one device
+    assert cuda_order([A, B, C], ["00000000:B3:00.0"]) == [C]
+
+
+def test_cuda_order_from_visible_devices() -> None:
+    assert cuda_order([A, B, C], None, None) == [A, B, C]
+    assert cuda_order([A, B, C], None, "2,0") == [C, A]
+    assert cuda_order([A, B, C], None, "GPU-bbbb") == [B]
+    assert cuda_order([A, B, C], None, "bbbb2222,1") == [B]  # a repeated GPU ends the list, as in CUDA
+    assert cuda_order([A, B, C], None, "1,7,0") == [B]  # parsing stops at the first invalid entry
+    assert cuda_order([A, B, C], None, "") == []
+
+
+def test_emulated_device_is_probed(monkeypatch) -> None:
+    monkeypatch.setenv("EDGERUN_CUDA", "emulate")
+    monkeypatch.setenv("EDGERUN_CUDA_EMU_VRAM_GB", "12")
+    (g,) = probe_gpus()
+    assert g.vram_total == 12 << 30 and g.uuid.startswith("GPU-")

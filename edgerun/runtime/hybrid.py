@@ -8,9 +8,13 @@ on the CPU with the runner's CPU backend, unless the plan put that FFN block on 
 the hidden state stays on the device across the layer). Layers the plan leaves on the CPU run the
 model's own ``attention_block`` / ``ffn_block``. All-GPU placement uses the same kernels.
 
-Extras: micro-batch overlap (a batch of several sequences is split in two halves so that one
-half's GPU attention runs while the CPU computes the other half's FFN), and CUDA graphs for decode
-steps (each GPU segment of a layer is captured once per batch shape and replayed).
+Extras: CUDA graphs for decode steps (each GPU segment of a layer is captured once per batch shape
+and replayed; not above the backend's batched threshold, where the cuBLAS path allocates), and
+micro-batch overlap (a batch of several sequences split in two halves so that one half's GPU
+attention runs while the CPU computes the other half's FFN). Overlap calls the CPU FFN once per
+half, so it is used only where that cannot read the FFN weights from memory twice: when a layer's
+FFN weights fit in the CPU's last-level cache. Otherwise every FFN weight is read once per layer
+per step, which is what bounds hybrid decode.
 
 :func:`make_runner` picks the runner: the plain CPU Runner when the plan puts nothing on a GPU.
 """
@@ -30,6 +34,26 @@ from edgerun.models.base import KVCache, SeqBatch, Transformer, rms_norm
 from edgerun.runtime.planner import GPU, Plan, plan_placement
 from edgerun.runtime.runner import Runner
 from edgerun.runtime.weights import pin_in_hugepages
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's last-level cache (sysfs), 0 when unknown."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for d in os.listdir(base):
+            try:
+                with open(os.path.join(base, d, "size")) as f:
+                    txt = f.read().strip().upper()
+            except OSError:
+                continue
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
+            num = txt[:-1] if txt[-1:] in "KMG" else txt
+            if num.isdigit():
+                best = max(best, int(num) * mult)
+    except OSError:
+        return 0
+    return best
 
 
 @dataclass
@@ -162,11 +186,15 @@ class HybridModel:
     Attributes not defined here (``args``, ``layers``, ``backend`` ...) are the wrapped model's.
     """
 
-    def __init__(self, model: Transformer, gpu: GPUExec, overlap: bool = True, graphs: bool = True) -> None:
+    def __init__(self, model: Transformer, gpu: GPUExec, overlap: bool = True, graphs: bool = True,
+                 llc_bytes: int | None = None) -> None:
         self.model = model
         self.gpu = gpu
         self.overlap = overlap
         self.graphs = graphs
+        self.llc_bytes = last_level_cache_bytes() if llc_bytes is None else llc_bytes
+        self.ffn_bytes = max((sum(int(getattr(ly, n).data.nbytes) for n in ("w_gate", "w_up", "w_down"))
+                              for ly in model.layers), default=0)  # one layer's FFN weights
         self._graphs: dict[tuple[Any, ...], Any] = {}
         self._seen: set[tuple[Any, ...]] = set()
         self.captured: list[tuple[Any, ...]] = []  # keys of every capture so far (tests, debugging)
@@ -211,7 +239,7 @@ class HybridModel:
         g = self.gpu
         be = g.be
         key = (tag, i, st.t, len(st.seqs), st.n_split)
-        if not (self.graphs and st.decode):
+        if not (self.graphs and st.decode and st.t <= be.batched_threshold):
             g.attention(i, xd, st, tag)
             if ffn_gpu:
                 g.ffn(i, xd, st.t, tag)
@@ -264,7 +292,7 @@ class HybridModel:
             x = x * np.float32(a.embed_scale)
         segs = self._segments()
         pure_hybrid = all(ga and not gf for _, ga, gf in segs)
-        if self.overlap and len(b.seq_lens) >= 2 and pure_hybrid:
+        if self.overlap and len(b.seq_lens) >= 2 and pure_hybrid and self.ffn_bytes <= self.llc_bytes:
             x = self._forward_overlap(b, kv, x)
             xd = None
         else:
