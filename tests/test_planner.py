@@ -21,6 +21,7 @@ from edgerun.runtime.planner import (
     RESERVE_FIXED,
     PlanError,
     dequant_scratch,
+    gpu_spec_for,
     kv_bytes,
     parse_override,
     plan_for_file,
@@ -68,7 +69,11 @@ def vram_for(usable: int) -> int:
     return v
 
 
+CPU_SPEED = {"read_gbs": 20.0, "gemm_gflops": 200.0}  # fixed, so that predictions are deterministic
+
+
 def plan(vram: int, **kw):
+    kw.setdefault("cpu", CPU_SPEED)
     return plan_placement(table(kw.pop("tied", False)), L, KVH, HD, ctx=CTX, vram_bytes=vram, **kw)
 
 
@@ -156,8 +161,12 @@ def test_modes() -> None:
     one_layer = vram_for(ATTN_LAYER + 30 * MIB + KV_LAYER + MIB)
     g = plan(one_layer, mode="gpu")
     assert g.layers[0] == {"attn": GPU, "ffn": GPU} and g.layers[1] == {"attn": CPU, "ffn": CPU}
-    a = plan(one_layer, mode="auto")
+    a = plan(one_layer, mode="auto", by_speed=False)
     assert [a.layers[i]["attn"] for i in range(L)] == [GPU, GPU, GPU, CPU]
+    # by predicted speed, auto keeps the whole-layer layout: it leaves fewer bytes for the CPU to read
+    a = plan(one_layer, mode="auto")
+    assert a.layers == g.layers and a.mode == "auto" and any("gpu layout is predicted fastest" in n
+                                                             for n in a.notes)
     assert plan(0, mode="gpu").notes
     with pytest.raises(PlanError):
         plan(big, mode="tpu")
@@ -262,7 +271,7 @@ def test_cli_json_real_qwen(qwen05_path: Path, capsys: pytest.CaptureFixture[str
     assert d["kv_cache"]["bytes"] == kv_bytes(4096, 1, 24, 2, 64)
     layers = d["layers"]
     assert layers["0"]["attn"] == GPU and layers["23"]["attn"] == CPU  # a tight budget
-    assert all(v["ffn"] == CPU for v in layers.values())
+    assert d["predicted"]["decode_tok_s"] == max(v["decode_tok_s"] for v in d["candidates"].values())
 
 
 # ----------------------------------------------------------------------------- NVML and CUDA agree on the GPU
@@ -299,3 +308,61 @@ def test_emulated_device_is_probed(monkeypatch) -> None:
     monkeypatch.setenv("EDGERUN_CUDA_EMU_VRAM_GB", "12")
     (g,) = probe_gpus()
     assert g.vram_total == 12 << 30 and g.uuid.startswith("GPU-")
+
+
+
+# ----------------------------------------------------------------------------- predicted speed
+
+
+def test_gpu_table_lookup() -> None:
+    assert gpu_spec_for("NVIDIA GeForce RTX 4090").name == "RTX 4090"
+    assert gpu_spec_for("NVIDIA GeForce RTX 4060 Laptop GPU").name == "RTX 4060 Laptop"
+    assert gpu_spec_for("NVIDIA H200").mem_gbs > gpu_spec_for("NVIDIA H100 80GB HBM3").mem_gbs
+    assert gpu_spec_for("NVIDIA A100-SXM4-80GB").name == "A100"
+    assert gpu_spec_for("something else").name == "RTX 4090"
+
+
+def test_prediction_counts_bytes_per_device() -> None:
+    p = plan(vram_for(2 * (ATTN_LAYER + KV_LAYER) + MIB), mode="hybrid")
+    pr = p.predicted
+    cpu_weights = 2 * ATTN_LAYER + L * 30 * MIB - L + 40 * MIB + 1  # FFN of every layer, 2 attentions, head
+    kv_tok = KV_LAYER / CTX
+    assert pr["cpu_bytes_per_token"] == pytest.approx(cpu_weights + 2 * 256 * kv_tok)
+    assert pr["gpu_bytes_per_token"] == pytest.approx(2 * ATTN_LAYER + 2 * 256 * kv_tok)
+    t = pr["cpu_bytes_per_token"] / 20e9 + pr["gpu_bytes_per_token"] / (1008e9 * 0.8) + 2 * 10e-6 + 2 * 20e-6
+    assert pr["decode_tok_s"] == pytest.approx(1 / t)
+    assert pr["pcie_crossings"] == 2
+    assert p.to_dict()["predicted"]["gpu"] == "RTX 4090"
+    # no GPU at all: no prediction is made (and no CPU measurement)
+    assert plan(0).predicted == {}
+
+
+def test_auto_picks_the_fastest_prediction() -> None:
+    one_layer = vram_for(ATTN_LAYER + 30 * MIB + KV_LAYER + MIB)
+    for vram in (vram_for(2 * (ATTN_LAYER + KV_LAYER) + MIB), one_layer, vram_for(10 << 30)):
+        a = plan(vram)
+        best = max(a.candidates.values(), key=lambda v: v["decode_tok_s"])
+        assert a.predicted["decode_tok_s"] == best["decode_tok_s"]
+        assert set(a.candidates) == {"auto (attention first)", "gpu", "hybrid", "cpu"}
+    # a faster GPU never predicts slower
+    slow = plan(vram_for(10 << 30), gpu_name="4060 laptop").predicted["decode_tok_s"]
+    fast = plan(vram_for(10 << 30), gpu_name="h200").predicted["decode_tok_s"]
+    assert fast > slow
+
+
+def test_cpu_speed_is_measured_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgerun.runtime.planner as planner
+
+    monkeypatch.setenv("EDGERUN_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = planner.measure_cpu
+
+    def counted(threads: int, mb: int = 256) -> dict[str, float]:
+        calls.append(threads)
+        return real(threads, mb=16)
+
+    monkeypatch.setattr(planner, "measure_cpu", counted)
+    a = planner.cpu_speed(1)
+    b = planner.cpu_speed(1)
+    assert a == b and calls == [1] and a["read_gbs"] > 0 and a["gemm_gflops"] > 0
+    assert (tmp_path / "cpu_speed.json").is_file()

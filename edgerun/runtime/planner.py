@@ -23,6 +23,8 @@ Token embeddings always stay on the CPU (a row lookup). Regex overrides ``REGEX=
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +82,9 @@ class Plan:
     overrides: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     kv_cpu_layer_bytes: int = 0  # KV bytes of one layer kept on the CPU (the runner's kv_type)
+    predicted: dict[str, float] = field(default_factory=dict)  # predict(): decode/prefill tok/s, bytes
+    gpu_spec: str = ""  # the GPU table entry the prediction used
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # auto: each layout's prediction
 
     # --- derived views
     def device_of(self, name: str) -> str:
@@ -147,7 +152,22 @@ class Plan:
             "vram": {"free": self.vram_free, "usable": self.vram_usable, "reserve": self.reserve},
             "overrides": [f"{p}={d}" for p, d in self.overrides],
             "notes": list(self.notes),
+            "predicted": dict(self.predicted, gpu=self.gpu_spec) if self.predicted else {},
+            "candidates": {k: dict(v) for k, v in self.candidates.items()},
         }
+
+    def speed_lines(self) -> list[str]:
+        """Human-readable predicted speeds (empty without a prediction)."""
+        if not self.predicted:
+            return []
+        p = self.predicted
+        out = [f"predicted ({self.gpu_spec}): decode {p['decode_tok_s']:.1f} tok/s, prefill "
+               f"{p['prefill_tok_s']:.0f} tok/s; per token CPU reads {p['cpu_bytes_per_token'] / MIB:.0f} "
+               f"MiB, GPU {p['gpu_bytes_per_token'] / MIB:.0f} MiB"]
+        for k, v in self.candidates.items():
+            out.append(f"  {k:<24} decode {v['decode_tok_s']:8.1f} tok/s   "
+                       f"prefill {v['prefill_tok_s']:8.0f} tok/s")
+        return out
 
     def to_json(self, indent: int | None = None) -> str:
         """:meth:`to_dict` as a JSON string."""
@@ -254,13 +274,71 @@ def plan_placement(
     vram_budget: int | None = None,
     overrides: Sequence[str | tuple[str, str]] = (),
     kv_bytes_per_elem: int = KV_BYTES_PER_ELEM,
+    by_speed: bool = True,
+    gpu_name: str | None = None,
+    cpu: dict[str, float] | None = None,
 ) -> Plan:
     """Plan where each tensor and each layer's KV cache goes.
 
     ``tensors`` is a GGUFFile (its ``.tensors`` is used) or a mapping name -> object with ``nbytes``.
     ``vram_bytes`` pretends that much free VRAM (None: probe the first GPU); ``vram_budget`` caps it.
     ``kv_bytes_per_elem`` is the CPU cache's element size (the runner's kv_type); the GPU's is f16.
+
+    With a GPU, every plan carries the predicted decode and prefill speed (:func:`predict`; ``gpu_name``
+    picks the GPU table entry, default the probed GPU's name or an RTX 4090; ``cpu`` the CPU's
+    measured speeds, default :func:`cpu_speed`). ``auto`` with ``by_speed`` plans the greedy
+    attention-first layout, the ``gpu`` (whole layers) and ``hybrid`` layouts and ``cpu``, and keeps
+    the fastest predicted decode (the greedy one on a tie).
     """
+    common = dict(ctx=ctx, batch=batch, vram_bytes=vram_bytes, vram_budget=vram_budget, overrides=overrides,
+                  kv_bytes_per_elem=kv_bytes_per_elem)
+    plan = _plan_placement(tensors, n_layers, n_kv_heads, head_dim, mode=mode, **common)  # type: ignore[arg-type]
+    if plan.vram_free == 0 and not plan.uses_gpu:
+        return plan
+    table = tensors.tensors if hasattr(tensors, "tensors") else tensors
+    if gpu_name is None and vram_bytes is None:
+        from edgerun.runtime.devices import probe_gpus
+
+        gpus = probe_gpus()
+        gpu_name = gpus[0].name if gpus else None
+    spec = gpu_spec_for(gpu_name)
+    speeds = cpu if cpu is not None else cpu_speed()
+    plan.predicted = predict(plan, speeds, spec, table)
+    plan.gpu_spec = spec.name
+    if mode != "auto" or not by_speed:
+        plan.notes.append(plan.speed_lines()[0])
+        return plan
+    best, best_name = plan, "auto (attention first)"
+    cands = {best_name: plan}
+    for m in ("gpu", "hybrid", "cpu"):
+        c = _plan_placement(tensors, n_layers, n_kv_heads, head_dim, mode=m, **common)  # type: ignore[arg-type]
+        c.predicted = predict(c, speeds, spec, table)
+        c.gpu_spec = spec.name
+        cands[m] = c
+        if c.predicted["decode_tok_s"] > best.predicted["decode_tok_s"]:
+            best, best_name = c, m
+    best.mode = "auto"
+    best.candidates = {k: dict(v.predicted) for k, v in cands.items()}
+    best.notes.append(best.speed_lines()[0])
+    best.notes.append(f"auto: the {best_name} layout is predicted fastest ("
+                      + ", ".join(f"{k} {v.predicted['decode_tok_s']:.1f}" for k, v in cands.items())
+                      + " decode tok/s)")
+    return best
+
+
+def _plan_placement(
+    tensors: Mapping[str, _TensorLike] | Any,
+    n_layers: int,
+    n_kv_heads: int,
+    head_dim: int,
+    ctx: int = 4096,
+    batch: int = 1,
+    mode: str = "auto",
+    vram_bytes: int | None = None,
+    vram_budget: int | None = None,
+    overrides: Sequence[str | tuple[str, str]] = (),
+    kv_bytes_per_elem: int = KV_BYTES_PER_ELEM,
+) -> Plan:
     if mode not in MODES:
         raise PlanError(f"unknown placement '{mode}' (choose from {', '.join(MODES)})")
     if ctx <= 0 or batch <= 0:
@@ -392,3 +470,163 @@ def plan_for_file(gf: Any, ctx: int = 4096, batch: int = 1, **kw: Any) -> Plan:
     """:func:`plan_placement` for a GGUFFile, reading the KV geometry from its metadata."""
     n_layers, n_kv_heads, head_dim = model_dims(gf)
     return plan_placement(gf, n_layers, n_kv_heads, head_dim, ctx=ctx, batch=batch, **kw)
+
+
+# ----------------------------------------------------------------------------- predicted speed (§3)
+# Batch-1 decode is memory-bound: a token reads every weight once, on the device that holds it, plus
+# that device's KV cache. Predicted time per token = CPU bytes / CPU read bandwidth + GPU bytes / GPU
+# bandwidth + a fixed cost per layer that crosses PCIe (two copies and a synchronize). Prefill is
+# compute-bound: 2 flops per weight per token on the device that holds the weight.
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """Datasheet figures of a GPU (or measured ones)."""
+
+    name: str
+    mem_gbs: float  # device memory bandwidth, GB/s
+    pcie_gbs: float  # pinned host <-> device, GB/s, one direction
+    fp16_tflops: float  # dense tensor-core FP16 with FP32 accumulation
+
+
+GPU_SPECS: dict[str, GPUSpec] = {
+    "4090": GPUSpec("RTX 4090", 1008, 25, 165),
+    "3090": GPUSpec("RTX 3090", 936, 25, 71),
+    "4060 laptop": GPUSpec("RTX 4060 Laptop", 256, 12, 45),
+    "a100": GPUSpec("A100", 1935, 25, 312),
+    "h100": GPUSpec("H100", 3350, 53, 990),  # 53 GB/s: measured pinned H2D on a PCIe gen5 H100
+    "h200": GPUSpec("H200", 4800, 53, 990),
+}
+DEFAULT_GPU = "4090"  # the card edgerun's hybrid mode is designed for; used for pretended VRAM
+GPU_EFFICIENCY = 0.8  # fraction of the datasheet bandwidth a matvec reaches
+TENSOR_EFFICIENCY = 0.5
+LAYER_SYNC_S = 20e-6  # a GPU attention segment inside a CPU layer: copy in, copy out, synchronize
+GPU_LAYER_S = 10e-6  # graph replay of one layer's kernels
+PREFILL_TOKENS = 512
+
+
+def gpu_spec_for(name: str | None) -> GPUSpec:
+    """The table entry whose key names ``name`` (an NVML name or a key), else the default (4090)."""
+    low = (name or os.environ.get("EDGERUN_GPU") or DEFAULT_GPU).lower()
+    for key in sorted(GPU_SPECS, key=len, reverse=True):
+        if all(part in low for part in key.split()):
+            return GPU_SPECS[key]
+    return GPU_SPECS[DEFAULT_GPU]
+
+
+def _cache_file() -> str:
+    root = os.environ.get("EDGERUN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "edgerun")
+    return os.path.join(root, "cpu_speed.json")
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_cpu(threads: int, mb: int = 256) -> dict[str, float]:
+    """CPU read bandwidth (GB/s; numpy sums on ``threads`` threads, median of 5) and f32 GEMM GFLOP/s."""
+    import statistics
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    a = np.ones(mb * MIB // 4, np.float32)
+    parts = np.array_split(a, threads)
+    times = []
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(np.sum, parts))
+        for _ in range(5):
+            t = time.perf_counter()
+            list(ex.map(np.sum, parts))
+            times.append(time.perf_counter() - t)
+    bw = a.nbytes / statistics.median(times) / 1e9
+    m = np.ones((512, 512), np.float32)
+    m @ m
+    t = time.perf_counter()
+    for _ in range(4):
+        m @ m
+    gflops = 4 * 2 * 512**3 / (time.perf_counter() - t) / 1e9
+    return {"read_gbs": bw, "gemm_gflops": gflops}
+
+
+def cpu_speed(threads: int | None = None) -> dict[str, float]:
+    """:func:`measure_cpu` measured once per CPU model and thread count, then read from a cache file
+    (``$EDGERUN_CACHE_DIR/cpu_speed.json``)."""
+    from edgerun.runtime.devices import probe_cpu
+
+    threads = threads or max(1, probe_cpu().physical_cores)
+    key = f"{_cpu_id()}|{threads}"
+    path = _cache_file()
+    cache: dict[str, Any] = {}
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        pass
+    if key not in cache:
+        cache[key] = measure_cpu(threads)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(cache, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # unwritable cache: measure again next time
+    return cache[key]
+
+
+def _elements(info: Any, nbytes: int) -> int:
+    shape = getattr(info, "shape", None)
+    if shape is None:
+        return 2 * nbytes  # about 4.5 bits a weight
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def predict(plan: Plan, cpu: dict[str, float], gpu: GPUSpec, table: Mapping[str, Any] | None = None,
+            at_ctx: int = 256) -> dict[str, float]:
+    """Predicted batch-1 decode and prefill tok/s of ``plan`` (see the section comment).
+
+    ``cpu`` as from :func:`cpu_speed`; ``at_ctx`` tokens of context are read from each layer's cache.
+    """
+    kv_tok_gpu = plan.kv_layer_bytes / max(plan.ctx * plan.batch, 1)
+    kv_tok_cpu = (plan.kv_cpu_layer_bytes or plan.kv_layer_bytes) / max(plan.ctx * plan.batch, 1)
+    read = {CPU: 0.0, GPU: 0.0}
+    flops = {CPU: 0.0, GPU: 0.0}
+    for t in plan.tensors.values():
+        info = table.get(t.name) if table is not None else None
+        if t.group == "embd":
+            if t.name == plan.head_tensor:  # tied head: the whole table is read, where the head runs
+                read[plan.head_device] += t.bytes
+                flops[plan.head_device] += 2 * _elements(info, t.bytes)
+            continue
+        read[t.device] += t.bytes
+        flops[t.device] += 2 * _elements(info, t.bytes)
+    for d in plan.kv_devices:
+        read[d] += at_ctx * (kv_tok_gpu if d == GPU else kv_tok_cpu)
+    crossings = 0
+    for i in range(plan.n_layers):
+        lay = plan.layer_devices(i)
+        if lay["attn"] == GPU and lay["ffn"] != GPU:
+            crossings += 1
+    gpu_layers = sum(1 for d in plan.kv_devices if d == GPU)
+    t_cpu = read[CPU] / (cpu["read_gbs"] * 1e9)
+    t_gpu = read[GPU] / (gpu.mem_gbs * 1e9 * GPU_EFFICIENCY) + gpu_layers * GPU_LAYER_S if read[GPU] else 0.0
+    t_dec = t_cpu + t_gpu + crossings * LAYER_SYNC_S
+    p = PREFILL_TOKENS
+    t_pre = (flops[CPU] * p / (cpu["gemm_gflops"] * 1e9)
+             + flops[GPU] * p / (gpu.fp16_tflops * 1e12 * TENSOR_EFFICIENCY)
+             + crossings * LAYER_SYNC_S + (read[GPU] / (gpu.mem_gbs * 1e9) if read[GPU] else 0.0))
+    return {"decode_tok_s": 1.0 / max(t_dec, 1e-12), "prefill_tok_s": p / max(t_pre, 1e-12),
+            "cpu_bytes_per_token": read[CPU], "gpu_bytes_per_token": read[GPU], "pcie_crossings": crossings}
