@@ -67,13 +67,14 @@ class Stats:
 
     kernel_s: float = 0.0
     copy_s: float = 0.0
+    device_s: float = 0.0  # all time spent running queued work (kernels, copies, array operations)
     launches: int = 0
     copies: int = 0
     per_kernel: dict[str, float] = field(default_factory=dict)
 
     def reset(self) -> None:
         """Zero every counter."""
-        self.kernel_s = self.copy_s = 0.0
+        self.kernel_s = self.copy_s = self.device_s = 0.0
         self.launches = self.copies = 0
         self.per_kernel.clear()
 
@@ -243,6 +244,14 @@ class _Device:
         self.capturing = 0
 
     def flush(self) -> None:
+        with self.lock:
+            t0 = time.perf_counter()
+            try:
+                self._run()
+            finally:
+                stats.device_s += time.perf_counter() - t0
+
+    def _run(self) -> None:
         with self.lock:
             while self.queue:
                 ops, self.queue = self.queue, []
