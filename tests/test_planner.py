@@ -333,8 +333,10 @@ def test_prediction_counts_bytes_per_device() -> None:
     assert pr["decode_tok_s"] == pytest.approx(1 / t)
     assert pr["pcie_crossings"] == 2
     assert p.to_dict()["predicted"]["gpu"] == "RTX 4090"
-    # no GPU at all: no prediction is made (and no CPU measurement)
-    assert plan(0).predicted == {}
+    # no GPU at all: the CPU-only prediction
+    c = plan(0).predicted
+    assert c["gpu_bytes_per_token"] == 0
+    assert c["decode_tok_s"] == pytest.approx(20e9 / c["cpu_bytes_per_token"])
 
 
 def test_auto_picks_the_fastest_prediction() -> None:

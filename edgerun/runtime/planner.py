@@ -161,7 +161,8 @@ class Plan:
         if not self.predicted:
             return []
         p = self.predicted
-        out = [f"predicted ({self.gpu_spec}): decode {p['decode_tok_s']:.1f} tok/s, prefill "
+        where = self.gpu_spec if self.uses_gpu else "CPU only"
+        out = [f"predicted ({where}): decode {p['decode_tok_s']:.1f} tok/s, prefill "
                f"{p['prefill_tok_s']:.0f} tok/s; per token CPU reads {p['cpu_bytes_per_token'] / MIB:.0f} "
                f"MiB, GPU {p['gpu_bytes_per_token'] / MIB:.0f} MiB"]
         for k, v in self.candidates.items():
@@ -293,8 +294,6 @@ def plan_placement(
     common = dict(ctx=ctx, batch=batch, vram_bytes=vram_bytes, vram_budget=vram_budget, overrides=overrides,
                   kv_bytes_per_elem=kv_bytes_per_elem)
     plan = _plan_placement(tensors, n_layers, n_kv_heads, head_dim, mode=mode, **common)  # type: ignore[arg-type]
-    if plan.vram_free == 0 and not plan.uses_gpu:
-        return plan
     table = tensors.tensors if hasattr(tensors, "tensors") else tensors
     if gpu_name is None and vram_bytes is None:
         from edgerun.runtime.devices import probe_gpus
@@ -305,7 +304,7 @@ def plan_placement(
     speeds = cpu if cpu is not None else cpu_speed()
     plan.predicted = predict(plan, speeds, spec, table)
     plan.gpu_spec = spec.name
-    if mode != "auto" or not by_speed:
+    if mode != "auto" or not by_speed or (plan.vram_free == 0 and not plan.uses_gpu):
         plan.notes.append(plan.speed_lines()[0])
         return plan
     best, best_name = plan, "auto (attention first)"
