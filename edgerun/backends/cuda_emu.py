@@ -67,14 +67,17 @@ class Stats:
 
     kernel_s: float = 0.0
     copy_s: float = 0.0
-    device_s: float = 0.0  # all time spent running queued work (kernels, copies, array operations)
+    device_s: float = 0.0  # thread CPU time running queued work (kernels, copies, array operations)
+    api_s: float = 0.0  # thread CPU time inside the emulator's API calls, device time excluded
+    api_calls: dict[str, int] = field(default_factory=dict)  # API calls by kind
     launches: int = 0
     copies: int = 0
     per_kernel: dict[str, float] = field(default_factory=dict)
 
     def reset(self) -> None:
         """Zero every counter."""
-        self.kernel_s = self.copy_s = self.device_s = 0.0
+        self.kernel_s = self.copy_s = self.device_s = self.api_s = 0.0
+        self.api_calls.clear()
         self.launches = self.copies = 0
         self.per_kernel.clear()
 
@@ -121,6 +124,28 @@ class _Mem:
 
 
 _live: dict[int, weakref.ref] = {}
+
+
+def _api(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Count a CuPy-API call of ``kind`` and its time (outermost call only, device time excluded), so
+    that the host cost of a step can be split into the caller's Python and the API's."""
+    import functools
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapped(*a: Any, **k: Any) -> Any:
+            if getattr(_tls, "in_api", False):
+                return fn(*a, **k)
+            _tls.in_api = True
+            t0, d0 = time.thread_time(), stats.device_s
+            try:
+                return fn(*a, **k)
+            finally:
+                _tls.in_api = False
+                stats.api_s += time.thread_time() - t0 - (stats.device_s - d0)
+                stats.api_calls[kind] = stats.api_calls.get(kind, 0) + 1
+        return wrapped
+    return deco
 
 
 def _forget(key: int, nbytes: int) -> None:
@@ -170,11 +195,14 @@ class Graph:
     def __init__(self, ops: list[tuple[Callable[[], None], tuple[Any, ...]]]) -> None:
         self.ops = ops
 
+    @_api("graph_launch")
     def launch(self, stream: Stream | None = None) -> None:
         """Enqueue the captured work on ``stream`` (default: the current stream)."""
         s = stream or _current_stream()
         for fn, refs in self.ops:
             s._enqueue(fn, refs)
+        key = "kernel_launch_in_graphs"  # graph nodes replayed (about 1 us each with CuPy)
+        stats.api_calls[key] = stats.api_calls.get(key, 0) + len(self.ops)
 
 
 class Stream:
@@ -209,6 +237,7 @@ class Stream:
             with _device.lock:
                 _device.queue.append((fn, refs))
 
+    @_api("synchronize")
     def synchronize(self) -> None:
         """Run every queued operation (of every stream: the device has one queue)."""
         if self._capture is not None:
@@ -245,11 +274,11 @@ class _Device:
 
     def flush(self) -> None:
         with self.lock:
-            t0 = time.perf_counter()
+            t0 = time.thread_time()  # CPU time of this thread: other tenants of the machine do not count
             try:
                 self._run()
             finally:
-                stats.device_s += time.perf_counter() - t0
+                stats.device_s += time.thread_time() - t0
 
     def _run(self) -> None:
         with self.lock:
@@ -364,6 +393,7 @@ class ndarray:  # noqa: N801 - CuPy's name
                         "construct a NumPy array explicitly.")
 
     # --- views
+    @_api("array_view")
     def reshape(self, *shape: Any) -> ndarray:
         """A view with a new shape (C-contiguous arrays only)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -380,6 +410,7 @@ class ndarray:  # noqa: N801 - CuPy's name
         """The same bytes as another dtype."""
         return self._view_of(self, self._host().view(dtype))
 
+    @_api("array_view")
     def __getitem__(self, key: Any) -> ndarray:
         if _is_advanced(key):
             src = self
@@ -390,6 +421,7 @@ class ndarray:  # noqa: N801 - CuPy's name
             return out
         return self._view_of(self, self._host()[key])
 
+    @_api("array_op")
     def __setitem__(self, key: Any, value: Any) -> None:
         if isinstance(value, ndarray):
             dst = self
@@ -448,11 +480,13 @@ def _host_key(key: Any, probe: bool = False) -> Any:
     return tuple(one(k) for k in key) if isinstance(key, tuple) else one(key)
 
 
+@_api("alloc")
 def empty(shape: Any, dtype: Any = np.float32) -> ndarray:
     """A fresh allocation filled with the NaN/-1 pattern (as uninitialised GPU memory could be)."""
     return ndarray(shape, dtype)
 
 
+@_api("alloc")
 def zeros(shape: Any, dtype: Any = np.float32) -> ndarray:
     """A zero-filled allocation."""
     return ndarray(shape, dtype, _fill=0)
@@ -468,6 +502,7 @@ def zeros_like(a: ndarray, dtype: Any = None) -> ndarray:
     return zeros(a.shape, dtype or a.dtype)
 
 
+@_api("alloc")
 def asarray(a: Any, dtype: Any = None) -> ndarray:
     """A device array of ``a`` (a device array is returned as is, or converted)."""
     if isinstance(a, ndarray):
@@ -482,6 +517,7 @@ def asarray(a: Any, dtype: Any = None) -> ndarray:
 array = asarray
 
 
+@_api("array_op")
 def ascontiguousarray(a: ndarray, force: bool = False) -> ndarray:
     """``a`` if C-contiguous, else a contiguous copy (queued)."""
     if not isinstance(a, ndarray):
@@ -493,6 +529,7 @@ def ascontiguousarray(a: ndarray, force: bool = False) -> ndarray:
     return out
 
 
+@_api("array_op")
 def matmul(a: ndarray, b: ndarray, out: ndarray | None = None) -> ndarray:
     """``a @ b`` on the stream (cuBLAS: half inputs accumulate in float32)."""
     shape = np.matmul(np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), a.shape, (0,) * a.ndim),
@@ -522,6 +559,7 @@ def matmul(a: ndarray, b: ndarray, out: ndarray | None = None) -> ndarray:
 # ----------------------------------------------------------------------------- runtime and device
 
 
+@_api("memcpy")
 def _memcpy_async(dst: int, src: int, n: int, kind: int, stream: int) -> None:
     s = _stream_by_ptr(stream)
     n = int(n)
@@ -819,6 +857,7 @@ class RawKernel:
             vals.append(ctype(a.item()))
         return vals, mems
 
+    @_api("kernel_launch")
     def __call__(self, grid: Sequence[int] | int, block: Sequence[int] | int, args: Sequence[Any], *,
                  shared_mem: int = 0, stream: Stream | None = None) -> None:
         g = _dim3(grid, "grid")
