@@ -235,12 +235,25 @@ def test_end_to_end_matches_cpu(synth_model: Path, setup: dict) -> None:
 
 
 # The GPU's KV cache is f16, as the CPU runner's default: both round K and V the same way.
-def _end_to_end(synth_model: Path, setup: dict) -> None:
-    from edgerun.runtime.hybrid import HybridRunner, make_runner
+_CPU_STEPS: dict[tuple[str, str, int], list[np.ndarray]] = {}
+
+
+def _cpu_steps(path: Path, kind: str = "steps", n_decode: int = 4) -> list[np.ndarray]:
+    """The CPU runner's logits for ``_steps`` / ``_mixed_steps`` (computed once per model: the emulated
+    runs are the slow part, the reference need not repeat)."""
     from edgerun.runtime.runner import Runner
 
-    cpu = Runner(synth_model, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
-    want = _steps(cpu)
+    key = (str(path), kind, n_decode)
+    if key not in _CPU_STEPS:
+        cpu = Runner(path, n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
+        _CPU_STEPS[key] = _steps(cpu, n_decode) if kind == "steps" else _mixed_steps(cpu)
+    return _CPU_STEPS[key]
+
+
+def _end_to_end(synth_model: Path, setup: dict) -> None:
+    from edgerun.runtime.hybrid import HybridRunner, make_runner
+
+    want = _cpu_steps(synth_model)
     hy = make_runner(synth_model, vram_bytes=8 << 30, n_ctx=256, num_blocks=32, block_size=16,
                      backend="reference", kv_type="f16", **setup)
     assert isinstance(hy, HybridRunner) and hy.plan.uses_gpu
@@ -265,7 +278,7 @@ def test_tight_plan_mixes_layers(synth_model: Path) -> None:
     assert [plan.layers[i]["attn"] for i in range(3)] == ["gpu", "cpu", "cpu"]
     hy = HybridRunner(synth_model, plan=plan, n_ctx=256, num_blocks=32, block_size=16, backend="reference",
                       kv_type="f16")
-    for g, w in zip(_steps(hy), _steps(cpu), strict=True):
+    for g, w in zip(_steps(hy), _cpu_steps(synth_model), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
 
 
@@ -308,10 +321,9 @@ def _mixed_steps(runner) -> list[np.ndarray]:
 @pytest.mark.parametrize("placement", ["hybrid", "gpu"])
 def test_batches_mixing_prefill_and_decode(synth_model: Path, placement: str) -> None:
     from edgerun.runtime.hybrid import make_runner
-    from edgerun.runtime.runner import Runner
 
     kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
-    want = _mixed_steps(Runner(synth_model, **kw))
+    want = _cpu_steps(synth_model, "mixed")
     got = _mixed_steps(make_runner(synth_model, placement=placement, vram_bytes=8 << 30, **kw))
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))
@@ -319,10 +331,9 @@ def test_batches_mixing_prefill_and_decode(synth_model: Path, placement: str) ->
 
 def test_graphs_replay_and_recapture_when_n_split_changes(synth_model: Path) -> None:
     from edgerun.runtime.hybrid import make_runner
-    from edgerun.runtime.runner import Runner
 
     kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
-    want = _steps(Runner(synth_model, **kw), 8)
+    want = _cpu_steps(synth_model, n_decode=8)
     for placement in ("gpu", "hybrid"):
         hy = make_runner(synth_model, placement=placement, vram_bytes=8 << 30, overlap=False, **kw)
         hy.gpu_backend.split_keys = 4  # a new split count every 4 keys: graphs must be re-captured
@@ -412,10 +423,9 @@ def test_ffn_weights_read_once_per_layer_per_step(synth_model: Path) -> None:
 
 def test_no_graph_capture_above_the_batched_threshold(synth_model: Path) -> None:
     from edgerun.runtime.hybrid import make_runner
-    from edgerun.runtime.runner import Runner
 
     kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference")
-    want = _steps(Runner(synth_model, **kw), 4)
+    want = _cpu_steps(synth_model, n_decode=4)
     hy = make_runner(synth_model, placement="gpu", vram_bytes=8 << 30, overlap=False, **kw)
     hy.gpu_backend.batched_threshold = 2  # the 3-sequence decode steps take the dequantize + cuBLAS path
     got = _steps(hy, n_decode=4)

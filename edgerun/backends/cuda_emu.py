@@ -70,6 +70,7 @@ class Stats:
     device_s: float = 0.0  # thread CPU time running queued work (kernels, copies, array operations)
     api_s: float = 0.0  # thread CPU time inside the emulator's API calls, device time excluded
     api_calls: dict[str, int] = field(default_factory=dict)  # API calls by kind
+    time_api: bool = False  # also time the API calls (api_s; costs two clock reads per call)
     launches: int = 0
     copies: int = 0
     per_kernel: dict[str, float] = field(default_factory=dict)
@@ -127,14 +128,17 @@ _live: dict[int, weakref.ref] = {}
 
 
 def _api(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Count a CuPy-API call of ``kind`` and its time (outermost call only, device time excluded), so
-    that the host cost of a step can be split into the caller's Python and the API's."""
+    """Count a CuPy-API call of ``kind`` (outermost call only) and, with ``stats.time_api``, its time
+    without the device time, so that the host cost of a step can be split into caller and API."""
     import functools
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapped(*a: Any, **k: Any) -> Any:
             if getattr(_tls, "in_api", False):
+                return fn(*a, **k)
+            stats.api_calls[kind] = stats.api_calls.get(kind, 0) + 1
+            if not stats.time_api:  # a CPU-time clock read is a system call: only when asked
                 return fn(*a, **k)
             _tls.in_api = True
             t0, d0 = time.thread_time(), stats.device_s
@@ -143,7 +147,6 @@ def _api(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             finally:
                 _tls.in_api = False
                 stats.api_s += time.thread_time() - t0 - (stats.device_s - d0)
-                stats.api_calls[kind] = stats.api_calls.get(kind, 0) + 1
         return wrapped
     return deco
 
