@@ -357,6 +357,7 @@ def emulated_overhead(n_layers: int = 32, tokens: int = 16, placement: str = "gp
         pos += 1
     assert hm.graphs and hm._graphs, "decode steps should replay CUDA graphs"
     cuda_emu.stats.reset()
+    cuda_emu.stats.time_api = True  # split the host time into the emulator's API and edgerun's Python
     ffn_s[0] = 0.0
     t0 = time.thread_time()  # CPU time of this thread, so that a busy machine does not inflate it
     for _ in range(tokens):
@@ -369,11 +370,14 @@ def emulated_overhead(n_layers: int = 32, tokens: int = 16, placement: str = "gp
     # the same calls priced at CuPy's measured costs (shared/GPU.md: RawKernel launch 9 us, graph replay
     # about 1 us per kernel); copies, syncs, views and allocations at 5, 5, 2 and 10 us
     cost = {"kernel_launch": 9e-6, "memcpy": 5e-6, "synchronize": 5e-6, "array_view": 2e-6, "array_op": 5e-6,
-            "alloc": 10e-6, "kernel_launch_in_graphs": 1e-6}
+            "alloc": 10e-6, "kernel_launch_in_graphs": 1e-6, "array_attr": 0.1e-6}
     cupy = sum(cost.get(k, 0.0) * n for k, n in st.api_calls.items())
     return {"layers": n_layers, "placement": placement, "thread_cpu_ms": 1e3 * wall / tokens,
             "device_ms": 1e3 * st.device_s / tokens, "cpu_ffn_ms": 1e3 * ffn_s[0] / tokens,
-            "host_ms": 1e3 * host / tokens, "cupy_calls_at_cupy_cost_ms": 1e3 * cupy / tokens,
+            "host_ms": 1e3 * host / tokens, "emulator_api_ms": 1e3 * st.api_s / tokens,
+            "edgerun_python_ms": 1e3 * (host - st.api_s) / tokens,
+            "cupy_calls_at_cupy_cost_ms": 1e3 * cupy / tokens,
+            "estimate_with_cupy_ms": 1e3 * (host - st.api_s + cupy) / tokens,
             "api_calls_per_token": {k: v / tokens for k, v in st.api_calls.items()}}
 
 

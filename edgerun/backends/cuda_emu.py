@@ -357,31 +357,38 @@ class ndarray:  # noqa: N801 - CuPy's name
 
     # --- properties
     @property
+    @_api("array_attr")
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
     @property
+    @_api("array_attr")
     def ndim(self) -> int:
         return len(self.shape)
 
     @property
+    @_api("array_attr")
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
 
     @property
+    @_api("array_attr")
     def itemsize(self) -> int:
         return self.dtype.itemsize
 
     @property
+    @_api("array_attr")
     def flags(self) -> _Flags:
         return _Flags(self)
 
     @property
+    @_api("array_attr")
     def data(self) -> SimpleNamespace:
         """``.ptr``: the device address of the first element."""
         return SimpleNamespace(ptr=self._mem.ptr + self._off, mem=self._mem)
 
     @property
+    @_api("array_attr")
     def T(self) -> ndarray:  # noqa: N802 - numpy's name
         return self._view_of(self, self._host().T)
 
