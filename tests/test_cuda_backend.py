@@ -454,3 +454,29 @@ def test_decode_split_count_follows_the_sm_count(be: cuda.CudaBackend) -> None:
         assert be.n_split_for(8192, rows=1, heads=8) == 33
     finally:
         be.sm_count = old
+
+
+def _long_prefill(runner) -> list[np.ndarray]:
+    from edgerun.runtime.runner import SeqInput
+
+    rng = np.random.default_rng(11)
+    toks = rng.integers(3, runner.args.vocab_size, 40).astype(np.int32)
+    tab = np.arange(0, 4, dtype=np.int32)
+    out = runner.forward([SeqInput(toks, 0, tab, want_all_logits=True)])
+    out += runner.forward([SeqInput(np.array([9], np.int32), 40, tab)])
+    return out
+
+
+def test_prefill_streams_ffn_weights_to_the_gpu(synth_model: Path) -> None:
+    from edgerun.runtime.hybrid import make_runner
+    from edgerun.runtime.runner import Runner
+
+    kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference")
+    want = _long_prefill(Runner(synth_model, kv_type="f16", **kw))
+    hy = make_runner(synth_model, placement="hybrid", vram_bytes=8 << 30, **kw)
+    calls = _counting_ffn(hy)
+    got = _long_prefill(hy)
+    n_layers = hy.args.n_layers
+    assert len(calls) == n_layers, "the 40-token prefill runs its FFNs on the GPU, the decode step on the CPU"
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3 * max(1.0, float(np.abs(w).max())))

@@ -329,7 +329,8 @@ def test_prediction_counts_bytes_per_device() -> None:
     kv_tok = KV_LAYER / CTX
     assert pr["cpu_bytes_per_token"] == pytest.approx(cpu_weights + 2 * 256 * kv_tok)
     assert pr["gpu_bytes_per_token"] == pytest.approx(2 * ATTN_LAYER + 2 * 256 * kv_tok)
-    t = pr["cpu_bytes_per_token"] / (20e9 * 0.85) + pr["gpu_bytes_per_token"] / (1008e9 * 0.8) + 2 * 10e-6 + 2 * 20e-6
+    t = pr["cpu_bytes_per_token"] / (20e9 * 0.85) + pr["gpu_bytes_per_token"] / (1008e9 * 0.8)
+    t += 2 * 10e-6 + 2 * 20e-6
     assert pr["decode_tok_s"] == pytest.approx(1 / t)
     assert pr["pcie_crossings"] == 2
     assert p.to_dict()["predicted"]["gpu"] == "RTX 4090"

@@ -130,6 +130,8 @@ class CudaBackend:
         self.device = cp.cuda.Device(device)
         self.device.use()
         self.stream = cp.cuda.Stream(non_blocking=True)
+        self.copy_stream = cp.cuda.Stream(non_blocking=True)  # weight streaming, overlapped with compute
+        self._registered: dict[int, Any] = {}
         self.batched_threshold = batched_threshold  # B above this: dequantize + cuBLAS
         self.chunk_bytes = chunk_bytes  # max f32 scratch for one dequantized weight chunk
         opts = ("-std=c++17",)
@@ -191,11 +193,31 @@ class CudaBackend:
             self.generation += 1
         return cur[1][:n].reshape(shape)
 
-    def h2d(self, dst: Any, src: np.ndarray) -> None:
+    def h2d(self, dst: Any, src: np.ndarray, stream: Any = None) -> None:
         """Async copy of a host array (pinned for true asynchrony) into a device array."""
         src = np.ascontiguousarray(src)
         assert dst.nbytes == src.nbytes and dst.flags.c_contiguous
-        self.cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.ctypes.data, src.nbytes, 1, self.stream.ptr)
+        s = stream or self.stream
+        self.cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.ctypes.data, src.nbytes, 1, s.ptr)
+
+    def register_host(self, a: np.ndarray) -> bool:
+        """Page-lock a host array in place (read-only registration: weights may sit in a file mapping),
+        so that copies from it are asynchronous; False when the driver refuses (copies stay staged)."""
+        key = a.ctypes.data
+        if key in self._registered:
+            return self._registered[key] is not None
+        try:
+            self.cp.cuda.runtime.hostRegister(key, a.nbytes, 8)  # cudaHostRegisterReadOnly
+            self._registered[key] = a
+        except Exception:
+            self._registered[key] = None
+        return self._registered[key] is not None
+
+    def event(self, stream: Any) -> Any:
+        """An event recorded now on ``stream``."""
+        ev = self.cp.cuda.Event(disable_timing=True)
+        ev.record(stream)
+        return ev
 
     def d2h(self, dst: np.ndarray, src: Any) -> None:
         """Async copy of a device array into a (pinned) host array; synchronise before reading."""

@@ -167,7 +167,7 @@ def _find_mem(ptr: int, n: int) -> _Mem:
     raise CUDARuntimeError(f"address {ptr:#x} is not in any live device allocation")
 
 
-_pinned: dict[int, tuple[int, int, weakref.ref]] = {}
+_pinned: dict[Any, tuple[int, int, Any]] = {}  # key -> (address, size, liveness check)
 
 
 def _is_pinned(ptr: int, n: int) -> bool:
@@ -262,10 +262,31 @@ class Stream:
         _device.capturing -= 1
         return Graph(ops)
 
+    def wait_event(self, event: Event) -> None:
+        """Later work on this stream waits for ``event`` (the single queue already runs in order)."""
+        if not isinstance(event, Event):
+            raise CUDARuntimeError("wait_event needs an Event")
+
     @property
     def is_capturing(self) -> bool:
         """Whether work is being recorded."""
         return self._capture is not None
+
+
+class Event:
+    """A stream event: the emulator's one queue runs work in the order it was queued, which every
+    event dependency allows, so recording and waiting only check their use."""
+
+    def __init__(self, block: bool = False, disable_timing: bool = False, interprocess: bool = False) -> None:
+        self.recorded = False
+
+    def record(self, stream: Stream | None = None) -> None:
+        """Mark the point of ``stream`` (default: the current stream)."""
+        self.recorded = True
+
+    def synchronize(self) -> None:
+        """Wait for the work before the recorded point."""
+        _device.flush()
 
 
 class _Device:
@@ -644,6 +665,15 @@ def _properties(i: int = 0) -> dict[str, Any]:
             "pciDomainID": 0, "uuid": bytes(14) + b"\xe4\xe4"}
 
 
+def _host_register(ptr: int, size: int, flags: int = 0) -> None:
+    """Page-lock existing host memory: copies from it may then be read when they run."""
+    _pinned[("registered", int(ptr))] = (int(ptr), int(size), lambda: True)  # type: ignore[index]
+
+
+def _host_unregister(ptr: int) -> None:
+    _pinned.pop(("registered", int(ptr)), None)  # type: ignore[call-overload]
+
+
 def _mem_get_info() -> tuple[int, int]:
     total = vram_bytes()
     return max(0, total - _device.allocated), total
@@ -654,6 +684,8 @@ runtime = SimpleNamespace(
     memcpyAsync=_memcpy_async,
     getDeviceProperties=_properties,
     memGetInfo=_mem_get_info,
+    hostRegister=_host_register,
+    hostUnregister=_host_unregister,
     deviceSynchronize=lambda: _device.flush(),
     CUDARuntimeError=CUDARuntimeError,
 )
@@ -690,7 +722,7 @@ class Device:
         return _mem_get_info()
 
 
-cuda = SimpleNamespace(Device=Device, Stream=Stream, Graph=Graph, runtime=runtime,
+cuda = SimpleNamespace(Device=Device, Stream=Stream, Graph=Graph, Event=Event, runtime=runtime,
                        alloc_pinned_memory=alloc_pinned_memory, get_current_stream=get_current_stream)
 
 

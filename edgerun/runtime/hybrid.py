@@ -14,7 +14,9 @@ micro-batch overlap (a batch of several sequences split in two halves so that on
 attention runs while the CPU computes the other half's FFN). Overlap calls the CPU FFN once per
 half, so it is used only where that cannot read the FFN weights from memory twice: when a layer's
 FFN weights fit in the CPU's last-level cache. Otherwise every FFN weight is read once per layer
-per step, which is what bounds hybrid decode.
+per step, which is what bounds hybrid decode. Prefill steps of STREAM_FFN_TOKENS+ rows run the
+CPU-placed FFNs on the GPU instead, their weights streamed over PCIe on a copy stream (two staging
+slots: layer k+2's copy waits for layer k's FFN), llama.cpp's op offload.
 
 :func:`make_runner` picks the runner: the plain CPU Runner when the plan puts nothing on a GPU.
 """
@@ -34,6 +36,8 @@ from edgerun.models.base import KVCache, SeqBatch, Transformer, rms_norm
 from edgerun.runtime.planner import GPU, Plan, plan_placement
 from edgerun.runtime.runner import Runner
 from edgerun.runtime.weights import pin_in_hugepages
+
+STREAM_FFN_TOKENS = 32  # prefill rows from which streaming FFN weights over PCIe beats the CPU FFN
 
 
 def last_level_cache_bytes() -> int:
@@ -167,9 +171,32 @@ class GPUExec:
             be.rms_norm_dev(o, w["post_attn_norm"], a.norm_eps, out=o)
         be.add_dev(x, o, out=x)
 
-    def ffn(self, i: int, x: Any, t: int, tag: str = "") -> None:
-        """x (T, D) device += FFN of layer i (only for layers whose FFN the plan put on the GPU)."""
-        a, be, w = self.args, self.be, self.w[i]
+    def stage_ffn(self, i: int, slot: int, after: Any = None) -> tuple[dict[str, Any], Any]:
+        """Queue the copy of layer i's FFN weights (quantized, as on disk) into staging slot ``slot`` on
+        the copy stream, after event ``after`` (the compute that last read that slot); (device weights
+        and norms for :meth:`ffn`, the event that marks the copy done)."""
+        from edgerun.backends.cuda import DeviceTensor
+
+        be, ly = self.be, self.model.layers[i]
+        w: dict[str, Any] = {}
+        if after is not None:
+            be.copy_stream.wait_event(after)
+        for n in ("w_gate", "w_up", "w_down"):
+            q = getattr(ly, n)
+            host = q.data.view(np.uint8).reshape(q.n, -1)
+            be.register_host(q.data)
+            dst = be.buf(f"ffn_stage{slot}_{n}", host.shape, np.uint8)
+            be.h2d(dst, host, stream=be.copy_stream)
+            w[n] = DeviceTensor(q.name, int(q.qtype), q.k, q.n, int(host.shape[1]), dst)
+        w["ffn_norm"] = be.vector(ly.ffn_norm)
+        w["post_ffn_norm"] = be.vector(ly.post_ffn_norm)
+        return w, be.event(be.copy_stream)
+
+    def ffn(self, i: int, x: Any, t: int, tag: str = "", w: dict[str, Any] | None = None) -> None:
+        """x (T, D) device += FFN of layer i (layers whose FFN the plan put on the GPU, or with ``w`` the
+        weights :meth:`stage_ffn` streamed in)."""
+        a, be = self.args, self.be
+        w = self.w[i] if w is None else w
         h = be.rms_norm_dev(x, w["ffn_norm"], a.norm_eps, out=be.buf(tag + "h", (t, a.dim)))
         g = be.mm(w["w_gate"], h, out=be.buf(tag + "g", (t, a.ffn_dim)))
         u = be.mm(w["w_up"], h, out=be.buf(tag + "u", (t, a.ffn_dim)))
@@ -187,9 +214,10 @@ class HybridModel:
     """
 
     def __init__(self, model: Transformer, gpu: GPUExec, overlap: bool = True, graphs: bool = True,
-                 llc_bytes: int | None = None) -> None:
+                 llc_bytes: int | None = None, stream_ffn: bool = True) -> None:
         self.model = model
         self.gpu = gpu
+        self.stream_ffn = stream_ffn  # prefill: stream CPU-placed FFN weights to the GPU
         self.overlap = overlap
         self.graphs = graphs
         self.llc_bytes = last_level_cache_bytes() if llc_bytes is None else llc_bytes
@@ -292,7 +320,9 @@ class HybridModel:
             x = x * np.float32(a.embed_scale)
         segs = self._segments()
         pure_hybrid = all(ga and not gf for _, ga, gf in segs)
-        if self.overlap and len(b.seq_lens) >= 2 and pure_hybrid and self.ffn_bytes <= self.llc_bytes:
+        streams = self.stream_ffn and len(b.tokens) >= STREAM_FFN_TOKENS
+        if self.overlap and len(b.seq_lens) >= 2 and pure_hybrid and self.ffn_bytes <= self.llc_bytes \
+                and not streams:
             x = self._forward_overlap(b, kv, x)
             xd = None
         else:
@@ -304,6 +334,14 @@ class HybridModel:
         m, g = self.model, self.gpu
         st = g.prepare(b) if g.attn_layers else None
         xd = None  # device copy of the residual stream, current when not None
+        # prefill of STREAM_FFN_TOKENS+ rows: the CPU-placed FFNs of GPU-attention layers run on the GPU
+        # with weights streamed over PCIe, layer k+2's copy queued behind layer k's compute (two slots)
+        streamed = [i for i, ga, gf in segs if ga and not gf] \
+            if self.stream_ffn and st is not None and st.t >= STREAM_FFN_TOKENS else []
+        staged: dict[int, tuple[dict[str, Any], Any]] = {}
+        for k in range(min(2, len(streamed))):
+            staged[streamed[k]] = g.stage_ffn(streamed[k], k)
+        order = {i: k for k, i in enumerate(streamed)}
         for i, attn_gpu, ffn_gpu in segs:
             ly = m.layers[i]
             if attn_gpu:
@@ -311,6 +349,14 @@ class HybridModel:
                     xd = self._upload(x, "")
                 self._gpu_segment(i, ffn_gpu, xd, st, "")
                 if ffn_gpu:
+                    continue
+                if i in staged:
+                    w, ready = staged.pop(i)
+                    g.be.stream.wait_event(ready)
+                    g.ffn(i, xd, st.t, "", w=w)
+                    k = order[i]
+                    if k + 2 < len(streamed):  # reuse this slot once this FFN has read it
+                        staged[streamed[k + 2]] = g.stage_ffn(streamed[k + 2], k % 2, g.be.event(g.be.stream))
                     continue
                 x = self._download(xd, "")
                 xd = None

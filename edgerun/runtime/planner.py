@@ -606,6 +606,9 @@ def predict(plan: Plan, cpu: dict[str, float], gpu: GPUSpec, table: Mapping[str,
     kv_tok_cpu = (plan.kv_cpu_layer_bytes or plan.kv_layer_bytes) / max(plan.ctx * plan.batch, 1)
     read = {CPU: 0.0, GPU: 0.0}
     flops = {CPU: 0.0, GPU: 0.0}
+    streamed = {i for i in range(plan.n_layers) if plan.kv_devices[i] == GPU}  # prefill: FFN streamed in
+    stream_bytes = 0.0
+    stream_flops = 0.0
     for t in plan.tensors.values():
         info = table.get(t.name) if table is not None else None
         if t.group == "embd":
@@ -615,6 +618,9 @@ def predict(plan: Plan, cpu: dict[str, float], gpu: GPUSpec, table: Mapping[str,
             continue
         read[t.device] += t.bytes
         flops[t.device] += 2 * _elements(info, t.bytes)
+        if t.group == "ffn" and t.device == CPU and t.layer in streamed:
+            stream_bytes += t.bytes
+            stream_flops += 2 * _elements(info, t.bytes)
     for d in plan.kv_devices:
         read[d] += at_ctx * (kv_tok_gpu if d == GPU else kv_tok_cpu)
     crossings = 0
@@ -626,9 +632,13 @@ def predict(plan: Plan, cpu: dict[str, float], gpu: GPUSpec, table: Mapping[str,
     t_cpu = read[CPU] / (cpu["read_gbs"] * 1e9 * CPU_EFFICIENCY)
     t_gpu = read[GPU] / (gpu.mem_gbs * 1e9 * GPU_EFFICIENCY) + gpu_layers * GPU_LAYER_S if read[GPU] else 0.0
     t_dec = t_cpu + t_gpu + crossings * LAYER_SYNC_S
+    # prefill of PREFILL_TOKENS: the CPU-placed FFNs of GPU-attention layers run on the GPU with their
+    # weights streamed over PCIe (overlapped with the GPU's compute: the slower of the two counts)
     p = PREFILL_TOKENS
-    t_pre = (flops[CPU] * p / (cpu["gemm_gflops"] * 1e9)
-             + flops[GPU] * p / (gpu.fp16_tflops * 1e12 * TENSOR_EFFICIENCY)
-             + crossings * LAYER_SYNC_S + (read[GPU] / (gpu.mem_gbs * 1e9) if read[GPU] else 0.0))
+    gpu_rate = gpu.fp16_tflops * 1e12 * TENSOR_EFFICIENCY
+    t_gpu_pre = (flops[GPU] + stream_flops) * p / gpu_rate
+    t_gpu_pre += read[GPU] / (gpu.mem_gbs * 1e9) if read[GPU] else 0.0
+    t_pre = ((flops[CPU] - stream_flops) * p / (cpu["gemm_gflops"] * 1e9)
+             + max(t_gpu_pre, stream_bytes / (gpu.pcie_gbs * 1e9)) + crossings * LAYER_SYNC_S)
     return {"decode_tok_s": 1.0 / max(t_dec, 1e-12), "prefill_tok_s": p / max(t_pre, 1e-12),
             "cpu_bytes_per_token": read[CPU], "gpu_bytes_per_token": read[GPU], "pcie_crossings": crossings}
