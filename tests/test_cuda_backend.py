@@ -91,6 +91,20 @@ def test_matmul_big_batch_chunked(be: cuda.CudaBackend) -> None:
         be.chunk_bytes = old
 
 
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_matmul_tensor_core_path(be: cuda.CudaBackend, qtype: int) -> None:
+    # f16 dequantize + cuBLAS gemmEx (f16 in, f32 accumulate and out), chunked, into an output slice
+    w, ref = make_weight(qtype, 300, 256, seed=qtype)
+    old = be.half_gemm, be.chunk_bytes
+    be.half_gemm, be.chunk_bytes = True, 128 * 256 * 2  # 128 rows per chunk: 3 chunks
+    try:
+        x = np.random.default_rng(qtype).standard_normal((33, 256)).astype(np.float32)
+        want = x @ ref.T
+        np.testing.assert_allclose(be.matmul(w, x), want, rtol=2e-4, atol=2e-3 * np.abs(want).max())
+    finally:
+        be.half_gemm, be.chunk_bytes = old
+
+
 @pytest.mark.parametrize("d", [16, 64, 896, 4096])
 def test_rms_norm(be: cuda.CudaBackend, d: int) -> None:
     rng = np.random.default_rng(d)

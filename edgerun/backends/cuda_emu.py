@@ -722,7 +722,58 @@ class Device:
         return _mem_get_info()
 
 
-cuda = SimpleNamespace(Device=Device, Stream=Stream, Graph=Graph, Event=Event, runtime=runtime,
+_CUDA_TYPES = {0: np.float32, 2: np.float16}  # cudaDataType: CUDA_R_32F, CUDA_R_16F
+
+
+def _colmajor(ptr: int, rows: int, cols: int, ld: int, dt: Any) -> np.ndarray:
+    """(rows, cols) view of a column-major matrix at device address ``ptr`` with leading dimension ld."""
+    it = np.dtype(dt).itemsize
+    if ld < rows:
+        raise CUDARuntimeError(f"cuBLAS: leading dimension {ld} < rows {rows}")
+    m = _find_mem(ptr, (ld * (cols - 1) + rows) * it)
+    return np.ndarray((cols, rows), dt, buffer=m.raw, offset=m.start + (ptr - m.ptr), strides=(ld * it, it)).T
+
+
+@_api("kernel_launch")
+def _gemm_ex(handle: int, transa: int, transb: int, m: int, n: int, k: int, alpha: int, a: int, atype: int,
+             lda: int, b: int, btype: int, ldb: int, beta: int, c: int, ctype: int, ldc: int, compute: int,
+             algo: int) -> None:
+    """cublasGemmEx (column-major C = alpha op(A) op(B) + beta C), f16/f32 inputs, f32 accumulation."""
+    if atype not in _CUDA_TYPES or btype not in _CUDA_TYPES or ctype not in _CUDA_TYPES:
+        raise CUDARuntimeError(f"gemmEx: data types {atype}/{btype}/{ctype} are not emulated")
+    al = float(np.frombuffer(ctypes.string_at(alpha, 4), np.float32)[0])
+    be = float(np.frombuffer(ctypes.string_at(beta, 4), np.float32)[0])
+    ar, ac = (k, m) if transa else (m, k)
+    br, bc = (n, k) if transb else (k, n)
+    s = _cublas_streams.get(handle, _null_stream)
+    _colmajor(a, ar, ac, lda, _CUDA_TYPES[atype])  # bounds checked now, as a launch's arguments
+    _colmajor(b, br, bc, ldb, _CUDA_TYPES[btype])
+    _colmajor(c, m, n, ldc, _CUDA_TYPES[ctype])
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        am = _colmajor(a, ar, ac, lda, _CUDA_TYPES[atype]).astype(np.float32)
+        bm = _colmajor(b, br, bc, ldb, _CUDA_TYPES[btype]).astype(np.float32)
+        cm = _colmajor(c, m, n, ldc, _CUDA_TYPES[ctype])
+        r = al * ((am.T if transa else am) @ (bm.T if transb else bm))
+        cm[...] = r + be * cm if be else r
+        stats.kernel_s += time.perf_counter() - t0
+        stats.launches += 1
+
+    s._enqueue(run, ())
+
+
+_cublas_streams: dict[int, Stream] = {}
+
+
+def _cublas_set_stream(handle: int, stream_ptr: int) -> None:
+    _cublas_streams[handle] = _stream_by_ptr(stream_ptr)
+
+
+cublas = SimpleNamespace(gemmEx=_gemm_ex, setStream=_cublas_set_stream, CUBLAS_OP_N=0, CUBLAS_OP_T=1)
+device = SimpleNamespace(get_cublas_handle=lambda: 1)
+cuda = SimpleNamespace(Device=Device, Stream=Stream, Graph=Graph, Event=Event, runtime=runtime, cublas=cublas,
+                       device=device,
                        alloc_pinned_memory=alloc_pinned_memory, get_current_stream=get_current_stream)
 
 
