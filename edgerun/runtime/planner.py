@@ -278,6 +278,7 @@ def plan_placement(
     by_speed: bool = True,
     gpu_name: str | None = None,
     cpu: dict[str, float] | None = None,
+    cpu_only_prediction: bool = False,
 ) -> Plan:
     """Plan where each tensor and each layer's KV cache goes.
 
@@ -289,11 +290,15 @@ def plan_placement(
     picks the GPU table entry, default the probed GPU's name or an RTX 4090; ``cpu`` the CPU's
     measured speeds, default :func:`cpu_speed`). ``auto`` with ``by_speed`` plans the greedy
     attention-first layout, the ``gpu`` (whole layers) and ``hybrid`` layouts and ``cpu``, and keeps
-    the fastest predicted decode (the greedy one on a tie).
+    the fastest predicted decode (the greedy one on a tie). Without a GPU the CPU-only prediction is
+    made only when asked (``cpu_only_prediction``, ``edgerun plan``) or given ``cpu``: a runner on a
+    machine without a GPU should not measure the CPU at start-up.
     """
     common = dict(ctx=ctx, batch=batch, vram_bytes=vram_bytes, vram_budget=vram_budget, overrides=overrides,
                   kv_bytes_per_elem=kv_bytes_per_elem)
     plan = _plan_placement(tensors, n_layers, n_kv_heads, head_dim, mode=mode, **common)  # type: ignore[arg-type]
+    if plan.vram_free == 0 and not plan.uses_gpu and cpu is None and not cpu_only_prediction:
+        return plan
     table = tensors.tensors if hasattr(tensors, "tensors") else tensors
     if gpu_name is None and vram_bytes is None:
         from edgerun.runtime.devices import probe_gpus
@@ -468,6 +473,7 @@ def _plan_placement(
 def plan_for_file(gf: Any, ctx: int = 4096, batch: int = 1, **kw: Any) -> Plan:
     """:func:`plan_placement` for a GGUFFile, reading the KV geometry from its metadata."""
     n_layers, n_kv_heads, head_dim = model_dims(gf)
+    kw.setdefault("cpu_only_prediction", True)
     return plan_placement(gf, n_layers, n_kv_heads, head_dim, ctx=ctx, batch=batch, **kw)
 
 
