@@ -200,6 +200,15 @@ def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, 
 # ----------------------------------------------------------------------------- measurements
 
 
+def _make_runner() -> Any:
+    """edgerun.runtime.factory.make_runner (runtime.hybrid's before that module exists)."""
+    try:
+        from edgerun.runtime.factory import make_runner
+    except ImportError:
+        from edgerun.runtime.hybrid import make_runner
+    return make_runner
+
+
 def cpu_read_bandwidth(threads: int, gib: float = 1.0) -> float:
     """Measured CPU read bandwidth in GB/s (a parallel Numba reduction over a large array)."""
     import numba
@@ -238,7 +247,7 @@ class Result:
 def _time_edgerun(path: Path, placement: str, prompt: int, gen: int, threads: int,
                   vram_budget: int | None) -> tuple[float, float, float, dict[str, Any]]:
     """(prefill tok/s, decode tok/s, CPU FFN GB/s during decode, plan totals) of one placement."""
-    from edgerun.runtime.hybrid import make_runner
+    make_runner = _make_runner()
     from edgerun.runtime.runner import SeqInput
 
     n_ctx = prompt + gen + 32
@@ -305,7 +314,7 @@ def _llama_bench(binary: str, path: Path, prompt: int, gen: int, reps: int, thre
 
 def _check(path: Path, threads: int) -> str:
     """Max relative logit error of hybrid and gpu placements vs the CPU backend on a short prompt."""
-    from edgerun.runtime.hybrid import make_runner
+    make_runner = _make_runner()
     from edgerun.runtime.runner import Runner, SeqInput
 
     toks = np.arange(3, 35, dtype=np.int32)
@@ -328,7 +337,7 @@ def emulated_overhead(n_layers: int = 32, tokens: int = 16, placement: str = "gp
     use the gpu placement for the figure."""
     os.environ["EDGERUN_CUDA"] = "emulate"
     from edgerun.backends import cuda_emu
-    from edgerun.runtime.hybrid import make_runner
+    make_runner = _make_runner()
     from edgerun.runtime.runner import SeqInput
 
     work = Path(tempfile.gettempdir()) / "edgerun-bench"

@@ -48,6 +48,15 @@ def be(device: str) -> cuda.CudaBackend:
     return cuda.CudaBackend()
 
 
+def make_runner(*a, **k):
+    """edgerun.runtime.factory.make_runner (runtime.hybrid's before that module exists)."""
+    try:
+        from edgerun.runtime.factory import make_runner as mk
+    except ImportError:
+        from edgerun.runtime.hybrid import make_runner as mk
+    return mk(*a, **k)
+
+
 def make_weight(qtype: int, n: int, k: int, seed: int = 0) -> tuple[QTensor, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, k)).astype(np.float32)
@@ -265,7 +274,7 @@ def _cpu_steps(path: Path, kind: str = "steps", n_decode: int = 4) -> list[np.nd
 
 
 def _end_to_end(synth_model: Path, setup: dict) -> None:
-    from edgerun.runtime.hybrid import HybridRunner, make_runner
+    from edgerun.runtime.hybrid import HybridRunner
 
     want = _cpu_steps(synth_model)
     hy = make_runner(synth_model, vram_bytes=8 << 30, n_ctx=256, num_blocks=32, block_size=16,
@@ -334,7 +343,6 @@ def _mixed_steps(runner) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("placement", ["hybrid", "gpu"])
 def test_batches_mixing_prefill_and_decode(synth_model: Path, placement: str) -> None:
-    from edgerun.runtime.hybrid import make_runner
 
     kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
     want = _cpu_steps(synth_model, "mixed")
@@ -344,7 +352,6 @@ def test_batches_mixing_prefill_and_decode(synth_model: Path, placement: str) ->
 
 
 def test_graphs_replay_and_recapture_when_n_split_changes(synth_model: Path) -> None:
-    from edgerun.runtime.hybrid import make_runner
 
     kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference", kv_type="f16")
     want = _cpu_steps(synth_model, n_decode=8)
@@ -393,7 +400,7 @@ def real_model(request: pytest.FixtureRequest) -> tuple[Path, list[int]]:
 
 @pytest.mark.parametrize("placement", ["hybrid", "gpu"])
 def test_real_model_greedy_tokens_match_cpu(real_model: tuple[Path, list[int]], placement: str) -> None:
-    from edgerun.runtime.hybrid import HybridRunner, make_runner
+    from edgerun.runtime.hybrid import HybridRunner
 
     path, want = real_model
     hy = make_runner(path, placement=placement, vram_bytes=8 << 30, n_ctx=64)
@@ -417,7 +424,6 @@ def _counting_ffn(hy) -> list[int]:
 
 
 def test_ffn_weights_read_once_per_layer_per_step(synth_model: Path) -> None:
-    from edgerun.runtime.hybrid import make_runner
 
     kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference")
     hy = make_runner(synth_model, placement="hybrid", vram_bytes=8 << 30, **kw)
@@ -436,7 +442,6 @@ def test_ffn_weights_read_once_per_layer_per_step(synth_model: Path) -> None:
 
 
 def test_no_graph_capture_above_the_batched_threshold(synth_model: Path) -> None:
-    from edgerun.runtime.hybrid import make_runner
 
     kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference")
     want = _cpu_steps(synth_model, n_decode=4)
@@ -449,7 +454,6 @@ def test_no_graph_capture_above_the_batched_threshold(synth_model: Path) -> None
 
 
 def test_hybrid_plan_puts_the_head_on_the_gpu(synth_model: Path) -> None:
-    from edgerun.runtime.hybrid import make_runner
 
     hy = make_runner(synth_model, placement="hybrid", vram_bytes=8 << 30, n_ctx=256, num_blocks=32,
                      block_size=16, backend="reference")
@@ -482,7 +486,6 @@ def _long_prefill(runner) -> list[np.ndarray]:
 
 
 def test_prefill_streams_ffn_weights_to_the_gpu(synth_model: Path) -> None:
-    from edgerun.runtime.hybrid import make_runner
     from edgerun.runtime.runner import Runner
 
     kw = dict(n_ctx=256, num_blocks=32, block_size=16, backend="reference")
