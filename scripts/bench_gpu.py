@@ -7,7 +7,14 @@ prefill and decode of edgerun cpu / hybrid / gpu and of llama.cpp built with CUD
 with ``-ngl 99 -ot "ffn_.*=CPU"`` and ``-ngl 99``) in the same run, and prints one table with the
 ratios and the CPU FFN phase's achieved bandwidth over the measured CPU read bandwidth.
 
-    python scripts/bench_gpu.py --llama-bench /path/to/llama-bench [--shapes qwen1.5b,llama8b,70b]
+    python scripts/bench_gpu.py --run-tests --build-llama [--shapes llama8b,70b --max-layers-70b 40]
+    python scripts/bench_gpu.py --llama-bench /path/to/llama-bench   # an existing build
+    python scripts/bench_gpu.py --emulated-overhead   # no GPU: host ms per decoded token, emulated
+
+``--run-tests`` first runs tests/test_cuda_backend.py and tests/test_cuda_emu.py with real CuPy (the
+same tests CI runs on the emulated device). ``--build-llama`` builds ``llama-bench`` with CUDA from
+the llama-cpp-python sdist in pip's cache (``pip download --no-binary :all: --no-deps
+llama-cpp-python``), as ../shared/GPU.md describes (about 5 minutes on 16 cores).
 
 The synthetic-model writer (:func:`write_synthetic_gguf`) is also used by the tests.
 """
@@ -48,6 +55,7 @@ class Shape:
     tied: bool = False
     rope_base: float = 10000.0
     ctx: int = 4096
+    window: int = 0  # gemma3: sliding window of the local layers
 
 
 SHAPES: dict[str, Shape] = {
@@ -114,6 +122,10 @@ def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, 
     w.add_uint32(p + "attention.head_count_kv", s.n_kv_heads)
     w.add_float32(p + "attention.layer_norm_rms_epsilon", 1e-6)
     w.add_float32(p + "rope.freq_base", s.rope_base)
+    if s.arch == "gemma3":  # QK-norm, post-norms, sliding-window local layers
+        w.add_uint32(p + "attention.key_length", hd)
+        w.add_uint32(p + "attention.value_length", hd)
+        w.add_uint32(p + "attention.sliding_window", s.window or 4)
     w.add_uint32("general.file_type", 2 if qtype == 2 else 0)
     # a SentencePiece-style vocabulary: unk, bos, eos, 256 byte tokens, then filler pieces
     n_fill = max(s.vocab - 259, 0)
@@ -146,6 +158,11 @@ def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, 
         if s.qkv_bias:
             specs += [(b + "attn_q.bias", 0, (qd,)), (b + "attn_k.bias", 0, (kvd,)),
                       (b + "attn_v.bias", 0, (kvd,))]
+        if s.arch == "gemma3":
+            specs += [(b + "attn_q_norm.weight", norm_qtype, (hd,)),
+                      (b + "attn_k_norm.weight", norm_qtype, (hd,)),
+                      (b + "post_attention_norm.weight", norm_qtype, (s.dim,)),
+                      (b + "post_ffw_norm.weight", norm_qtype, (s.dim,))]
     specs.append(("output_norm.weight", norm_qtype, (s.dim,)))
     if not s.tied:
         specs.append(("output.weight", head_q, (s.dim, s.vocab)))
@@ -181,6 +198,13 @@ def write_synthetic_gguf(path: str | os.PathLike, shape: Shape, qtype: int = 2, 
 
 
 # ----------------------------------------------------------------------------- measurements
+
+
+def _make_runner() -> Any:
+    """edgerun.runtime.factory.make_runner (imported late: the script's --help needs no edgerun)."""
+    from edgerun.runtime.factory import make_runner
+
+    return make_runner
 
 
 def cpu_read_bandwidth(threads: int, gib: float = 1.0) -> float:
@@ -221,7 +245,7 @@ class Result:
 def _time_edgerun(path: Path, placement: str, prompt: int, gen: int, threads: int,
                   vram_budget: int | None) -> tuple[float, float, float, dict[str, Any]]:
     """(prefill tok/s, decode tok/s, CPU FFN GB/s during decode, plan totals) of one placement."""
-    from edgerun.runtime.factory import make_runner
+    make_runner = _make_runner()
     from edgerun.runtime.runner import SeqInput
 
     n_ctx = prompt + gen + 32
@@ -288,7 +312,7 @@ def _llama_bench(binary: str, path: Path, prompt: int, gen: int, reps: int, thre
 
 def _check(path: Path, threads: int) -> str:
     """Max relative logit error of hybrid and gpu placements vs the CPU backend on a short prompt."""
-    from edgerun.runtime.factory import make_runner
+    make_runner = _make_runner()
     from edgerun.runtime.runner import Runner, SeqInput
 
     toks = np.arange(3, 35, dtype=np.int32)
@@ -301,6 +325,112 @@ def _check(path: Path, threads: int) -> str:
         err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-6))
         msgs.append(f"{placement} rel err {err:.2e} ({type(r).__name__})")
     return "; ".join(msgs)
+
+
+def emulated_overhead(n_layers: int = 32, tokens: int = 16, placement: str = "gpu") -> dict[str, float]:
+    """Host-side (Python + CuPy API) milliseconds per decoded token with CUDA graphs, on the emulated
+    device (EDGERUN_CUDA=emulate) with a synthetic ``n_layers``-layer model: the main thread's CPU time
+    per decode step minus the device's (running queued work), the emulator API's and the CPU FFN's,
+    plus the emulator's API calls priced at CuPy's costs. The CPU FFN runs on other threads too:
+    use the gpu placement for the figure."""
+    os.environ["EDGERUN_CUDA"] = "emulate"
+    from edgerun.backends import cuda_emu
+    make_runner = _make_runner()
+    from edgerun.runtime.runner import SeqInput
+
+    work = Path(tempfile.gettempdir()) / "edgerun-bench"
+    work.mkdir(parents=True, exist_ok=True)
+    shape = Shape(f"overhead-{n_layers}l", "llama", n_layers, 256, 512, 4, 2, 512, ctx=512)
+    path = work / f"overhead-{n_layers}l.gguf"
+    if not path.is_file():
+        write_synthetic_gguf(path, shape, qtype=2)
+    r = make_runner(path, placement=placement, vram_bytes=8 << 30, n_ctx=256, num_blocks=20, overlap=False)
+    hm = r.model
+    ffn_s = [0.0]
+    inner_ffn = hm.cpu_ffn
+
+    def timed_ffn(ly: Any, x: np.ndarray) -> np.ndarray:
+        t0 = time.thread_time()
+        y = inner_ffn(ly, x)
+        ffn_s[0] += time.thread_time() - t0
+        return y
+
+    hm.cpu_ffn = timed_ffn
+    table = r.contiguous_table(200)
+    r.forward([SeqInput(np.arange(3, 11, dtype=np.int32), 0, table)])
+    pos = 8
+    for _ in range(3):  # eager, then capture, then replay
+        r.forward([SeqInput(np.array([5], np.int32), pos, table)])
+        pos += 1
+    assert hm.graphs and hm._graphs, "decode steps should replay CUDA graphs"
+    cuda_emu.stats.reset()
+    cuda_emu.stats.time_api = True  # split the host time into the emulator's API and edgerun's Python
+    ffn_s[0] = 0.0
+    t0 = time.thread_time()  # CPU time of this thread, so that a busy machine does not inflate it
+    for _ in range(tokens):
+        r.forward([SeqInput(np.array([5], np.int32), pos, table)])
+        pos += 1
+    wall = time.thread_time() - t0
+    st = cuda_emu.stats
+    # edgerun's Python plus the emulator's API calls (which stand in for CuPy's) per step
+    host = wall - st.device_s - ffn_s[0]
+    # the same calls priced at CuPy's measured costs (shared/GPU.md: RawKernel launch 9 us, graph replay
+    # about 1 us per kernel); copies, syncs, views and allocations at 5, 5, 2 and 10 us
+    cost = {"kernel_launch": 9e-6, "memcpy": 5e-6, "synchronize": 5e-6, "array_view": 2e-6, "array_op": 5e-6,
+            "alloc": 10e-6, "kernel_launch_in_graphs": 1e-6, "array_attr": 0.1e-6}
+    cupy = sum(cost.get(k, 0.0) * n for k, n in st.api_calls.items())
+    return {"layers": n_layers, "placement": placement, "thread_cpu_ms": 1e3 * wall / tokens,
+            "device_ms": 1e3 * st.device_s / tokens, "cpu_ffn_ms": 1e3 * ffn_s[0] / tokens,
+            "host_ms": 1e3 * host / tokens, "emulator_api_ms": 1e3 * st.api_s / tokens,
+            "edgerun_python_ms": 1e3 * (host - st.api_s) / tokens,
+            "cupy_calls_at_cupy_cost_ms": 1e3 * cupy / tokens,
+            "estimate_with_cupy_ms": 1e3 * (host - st.api_s + cupy) / tokens,
+            "api_calls_per_token": {k: v / tokens for k, v in st.api_calls.items()}}
+
+
+def run_gpu_tests() -> int:
+    """The GPU tests with real CuPy (exit status of pytest)."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGERUN_CUDA"}
+    tests = ["tests/test_cuda_backend.py", "tests/test_cuda_emu.py", "tests/test_cuda_compile.py"]
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", *tests], cwd=ROOT, env=env).returncode
+
+
+def build_llama_bench(work: Path, arch: str | None = None) -> str:
+    """Build llama.cpp's llama-bench with CUDA from the llama-cpp-python sdist; its path."""
+    import glob
+    import tarfile
+
+    out = work / "llama.cpp"
+    binary = out / "build" / "bin" / "llama-bench"
+    if binary.is_file():
+        return str(binary)
+    dl = work / "sdist"
+    dl.mkdir(parents=True, exist_ok=True)
+    if not glob.glob(str(dl / "llama_cpp_python-*.tar.gz")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+                        "--no-build-isolation", "-d", str(dl), "llama-cpp-python"], check=True)
+    sdist = sorted(glob.glob(str(dl / "llama_cpp_python-*.tar.gz")))[-1]
+    src = work / "sdist-src"
+    if not src.is_dir():
+        with tarfile.open(sdist) as tf:
+            tf.extractall(src, filter="data")
+    vendored = next(Path(p) for p in glob.glob(str(src / "*" / "vendor" / "llama.cpp")))
+    if not out.is_dir():
+        os.symlink(vendored, out)
+    if arch is None:
+        try:
+            cc = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                                capture_output=True, text=True, check=True).stdout.split()[0]
+            arch = cc.replace(".", "")
+        except Exception:
+            arch = "native"
+    subprocess.run(["cmake", "-B", "build", "-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
+                    "-DGGML_CUDA_FA=OFF", "-DGGML_CUDA_NCCL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_CURL=OFF",
+                    "-DCMAKE_BUILD_TYPE=Release"], cwd=out, check=True)
+    subprocess.run(["cmake", "--build", "build", "--target", "llama-bench", "-j", str(os.cpu_count() or 4)],
+                   cwd=out, check=True)
+    return str(binary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,13 +450,27 @@ def main(argv: list[str] | None = None) -> int:
                     help="truncate the 70B shape to this many layers (0: all 80; disk and time permitting)")
     ap.add_argument("--variants", default="cpu,hybrid,gpu")
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--run-tests", action="store_true", help="run the GPU tests with real CuPy first")
+    ap.add_argument("--build-llama", action="store_true",
+                    help="build llama-bench with CUDA from the llama-cpp-python sdist (pip download)")
+    ap.add_argument("--emulated-overhead", action="store_true",
+                    help="only measure the host overhead per decoded token on the emulated device and exit")
     args = ap.parse_args(argv)
+    if args.emulated_overhead:
+        for placement in ("gpu", "hybrid"):
+            print(json.dumps(emulated_overhead(placement=placement)))
+        return 0
 
     import gguf
 
     qtype = int(gguf.GGMLQuantizationType[args.qtype.upper()])
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    if args.run_tests and run_gpu_tests() != 0:
+        print("GPU tests failed: not timing", file=sys.stderr)
+        return 1
+    if args.build_llama and not args.llama_bench:
+        args.llama_bench = build_llama_bench(work)
     bw = cpu_read_bandwidth(args.threads)
     print(f"CPU read bandwidth ({args.threads} threads): {bw:.1f} GB/s", flush=True)
     results: list[Result] = []

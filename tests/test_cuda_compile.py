@@ -102,39 +102,14 @@ def test_nvrtc_compiles(src: Path) -> None:
 
 
 # ------------------------------------------------- the dequantize table, run on the host with g++
-# common.cuh's deq16 functions are plain per-thread code: compiled for the host with a few shims
-# (CUDA qualifiers as no-ops, h2f's one asm statement as a host half->float), they are checked
-# bit-exactly against the numpy reference dequantizers of every type in the traits table.
+# common.cuh's deq16 functions are plain per-thread code: compiled for the host with the emulated
+# device's header (CUDA qualifiers as no-ops, h2f's host fallback instead of its PTX line), they
+# are checked bit-exactly against the numpy reference dequantizers of every type in the traits table.
 
 _HARNESS = r"""
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <cmath>
-#define __device__
-#define __global__
-#define __forceinline__ inline
-struct float4 { float x, y, z, w; };
-static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-static inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
-static inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
-static inline float emu_h2f(unsigned short h) {
-    unsigned s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023, u;
-    if (e == 0) {
-        if (m == 0) u = s << 31;
-        else {
-            e = 127 - 15 + 1;
-            while (!(m & 1024)) { m <<= 1; e--; }
-            m &= 1023;
-            u = (s << 31) | (e << 23) | (m << 13);
-        }
-    } else if (e == 31) u = (s << 31) | (255u << 23) | (m << 13);
-    else u = (s << 31) | ((e - 15 + 127) << 23) | (m << 13);
-    return __uint_as_float(u);
-}
-#define asm(...) (f = emu_h2f(h))
 #include "common.cuh"
-#undef asm
 
 template <int QT> static void run(const unsigned char* in, float* out, long nblocks) {
     typedef QTraits<QT> T;
@@ -175,7 +150,9 @@ def host_deq(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("deq")
     (d / "h.cpp").write_text(_HARNESS)
     exe = d / "deq"
-    r = subprocess.run([CXX, "-O1", "-w", "-I", str(CUDA_DIR), str(d / "h.cpp"), "-o", str(exe)],
+    emu = CUDA_DIR / "emu" / "cuda_emu.h"
+    r = subprocess.run([CXX, "-O1", "-w", "-std=c++17", "-include", str(emu), "-I", str(CUDA_DIR),
+                        str(d / "h.cpp"), "-o", str(exe)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     return exe

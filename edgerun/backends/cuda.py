@@ -34,12 +34,12 @@ TYPE_SUFFIX: dict[int, str] = {0: "f32", 1: "f16", 30: "bf16", 2: "q4_0", 3: "q4
                                8: "q8_0", 12: "q4_k", 13: "q5_k", 14: "q6_k"}
 SOURCES = ("matmul", "norm", "rope", "kv", "attention")
 KERNEL_NAMES = ("rms_norm_f32", "qk_norm_f32", "add_bias_f32", "add_f32", "act_mul_f32", "scale_f32",
-                "rope_f32", "kv_write_f32", "attn_paged_partial", "attn_reduce", "attn_prefill")
+                "rope_f32", "kv_write_f16", "attn_paged_partial", "attn_reduce", "attn_prefill")
 MM_BT = 8  # batch rows per mul_mat block (matmul.cu)
 ATT_WARPS = 4  # attention.cu
 ATT_PF_ROWS = 8
 MAX_HEAD_DIM = 256
-_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$', re.M)
+_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$')
 
 
 def cuda_dir() -> Path:
@@ -51,26 +51,55 @@ def cuda_dir() -> Path:
 
 
 def kernel_source(name: str) -> str:
-    """The source of ``native/cuda/<name>.cu`` with its local includes inlined (for NVRTC)."""
+    """The source of ``native/cuda/<name>.cu`` with its local includes inlined (for NVRTC).
+
+    ``#line`` markers keep compiler messages (and the emulator's barrier and shuffle reports)
+    pointing at the original file and line.
+    """
     d = cuda_dir()
     seen: set[str] = set()
 
-    def expand(text: str) -> str:
-        def sub(m: re.Match[str]) -> str:
+    def expand(fname: str) -> str:
+        out = [f'#line 1 "{fname}"']
+        for n, line in enumerate((d / fname).read_text().replace("#pragma once", "").splitlines(), 1):
+            m = _INCLUDE.match(line)
+            if m is None:
+                out.append(line)
+                continue
             inc = m.group(1)
-            if inc in seen:
-                return ""
-            seen.add(inc)
-            return expand((d / inc).read_text().replace("#pragma once", ""))
+            if inc not in seen:
+                seen.add(inc)
+                out.append(expand(inc))
+            out.append(f'#line {n + 1} "{fname}"')
+        return "\n".join(out)
 
-        return _INCLUDE.sub(sub, text)
+    return expand(f"{name}.cu") + "\n"
 
-    return expand((d / f"{name}.cu").read_text())
+
+def emulated() -> bool:
+    """Whether ``EDGERUN_CUDA=emulate`` asks for the emulated device (:mod:`edgerun.backends.cuda_emu`)."""
+    return os.environ.get("EDGERUN_CUDA", "").strip().lower() == "emulate"
+
+
+def cupy_module() -> Any:
+    """CuPy, or the emulated device with CuPy's shape under ``EDGERUN_CUDA=emulate``."""
+    if emulated():
+        from edgerun.backends import cuda_emu
+
+        return cuda_emu
+    import cupy
+
+    return cupy
 
 
 def available() -> bool:
-    """Whether CuPy imports and sees at least one CUDA device."""
+    """Whether CuPy imports and sees a CUDA device (or the emulated device can be built)."""
     try:
+        if emulated():
+            from edgerun.backends import cuda_emu
+
+            cuda_emu.compiler()
+            return True
         import cupy
 
         return int(cupy.cuda.runtime.getDeviceCount()) > 0
@@ -96,14 +125,18 @@ class CudaBackend:
     name = "cuda"
 
     def __init__(self, device: int = 0, batched_threshold: int = 16, chunk_bytes: int = 256 << 20) -> None:
-        import cupy as cp
-
+        cp = cupy_module()
         self.cp = cp
         self.device = cp.cuda.Device(device)
         self.device.use()
         self.stream = cp.cuda.Stream(non_blocking=True)
+        self.copy_stream = cp.cuda.Stream(non_blocking=True)  # weight streaming, overlapped with compute
+        self._registered: dict[int, Any] = {}
         self.batched_threshold = batched_threshold  # B above this: dequantize + cuBLAS
         self.chunk_bytes = chunk_bytes  # max f32 scratch for one dequantized weight chunk
+        # large batches on the tensor cores (f16 inputs, f32 accumulation) instead of f32 SGEMM: off by
+        # default until measured on a GPU; on the tests' peaked synthetic models it moves logits ~2%
+        self.half_gemm = os.environ.get("EDGERUN_CUDA_HALF_GEMM", "0") == "1"
         opts = ("-std=c++17",)
         self._mods = {s: cp.RawModule(code=kernel_source(s), options=opts) for s in SOURCES}
         self._k: dict[str, Any] = {}
@@ -111,7 +144,13 @@ class CudaBackend:
         self._vectors: dict[int, tuple[np.ndarray, Any]] = {}
         self._bufs: dict[str, Any] = {}
         self._pinned: dict[str, tuple[Any, np.ndarray]] = {}
+        self._rope: dict[tuple[float, float, int], Any] = {}
         self.generation = 0  # bumped whenever a pooled buffer is (re)allocated: captured graphs go stale
+        try:
+            self.sm_count = int(self.device.attributes["MultiProcessorCount"])
+        except Exception:  # an old CuPy without the attribute table: assume a mid-size GPU
+            self.sm_count = 64
+        self.split_keys = 64  # fewest keys per decode-attention split
 
     # ------------------------------------------------------------------ plumbing
     def kernel(self, name: str) -> Any:
@@ -120,7 +159,7 @@ class CudaBackend:
         if k is None:
             mod = "matmul" if name.split("_")[0] in ("mul", "dequant", "get") else None
             if mod is None:
-                mod = {"rope_f32": "rope", "kv_write_f32": "kv"}.get(name)
+                mod = {"rope_f32": "rope", "kv_write_f16": "kv"}.get(name)
             if mod is None:
                 mod = "attention" if name.startswith("attn") else "norm"
             k = self._k[name] = self._mods[mod].get_function(name)
@@ -157,11 +196,31 @@ class CudaBackend:
             self.generation += 1
         return cur[1][:n].reshape(shape)
 
-    def h2d(self, dst: Any, src: np.ndarray) -> None:
+    def h2d(self, dst: Any, src: np.ndarray, stream: Any = None) -> None:
         """Async copy of a host array (pinned for true asynchrony) into a device array."""
         src = np.ascontiguousarray(src)
         assert dst.nbytes == src.nbytes and dst.flags.c_contiguous
-        self.cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.ctypes.data, src.nbytes, 1, self.stream.ptr)
+        s = stream or self.stream
+        self.cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.ctypes.data, src.nbytes, 1, s.ptr)
+
+    def register_host(self, a: np.ndarray) -> bool:
+        """Page-lock a host array in place (read-only registration: weights may sit in a file mapping),
+        so that copies from it are asynchronous; False when the driver refuses (copies stay staged)."""
+        key = a.ctypes.data
+        if key in self._registered:
+            return self._registered[key] is not None
+        try:
+            self.cp.cuda.runtime.hostRegister(key, a.nbytes, 8)  # cudaHostRegisterReadOnly
+            self._registered[key] = a
+        except Exception:
+            self._registered[key] = None
+        return self._registered[key] is not None
+
+    def event(self, stream: Any) -> Any:
+        """An event recorded now on ``stream``."""
+        ev = self.cp.cuda.Event(disable_timing=True)
+        ev.record(stream)
+        return ev
 
     def d2h(self, dst: np.ndarray, src: Any) -> None:
         """Async copy of a device array into a (pinned) host array; synchronise before reading."""
@@ -253,21 +312,53 @@ class CudaBackend:
             self.launch(f"mul_mat_{sfx}", grid, (32 * warps,),
                         (w.data, x, out, np.int32(w.n), np.int32(k), np.int32(b), np.int64(w.row_bytes)))
             return out
-        # large batch: dequantize row chunks to f32 and multiply with cuBLAS
-        rows = max(1, min(w.n, self.chunk_bytes // (4 * k)))
-        scratch = self.buf("mm_deq", (rows, k))
+        if not self.half_gemm:
+            # large batch: dequantize row chunks to f32 and multiply with cuBLAS (SGEMM)
+            rows = max(1, min(w.n, self.chunk_bytes // (4 * k)))
+            scratch = self.buf("mm_deq", (rows, k))
+            for n0 in range(0, w.n, rows):
+                nr = min(rows, w.n - n0)
+                wd = scratch[:nr]
+                groups = nr * (k // 16)
+                self.launch(f"dequant_{sfx}", ((groups + 255) // 256,), (256,),
+                            (w.data[n0: n0 + nr], wd, np.int32(nr), np.int32(k), np.int64(w.row_bytes)))
+                with self.stream:
+                    if n0 == 0 and nr == w.n:
+                        cp.matmul(x, wd.T, out=out)
+                    else:
+                        out[:, n0: n0 + nr] = cp.matmul(x, wd.T)
+            return out
+        # half_gemm: dequantize row chunks to f16 and multiply on the tensor cores (cuBLAS gemmEx, f32
+        # accumulation and output), the activations rounded to f16 once
+        rows = max(1, min(w.n, self.chunk_bytes // (2 * k)))
+        scratch = self.buf("mm_deq_h", (rows, k), np.float16)
+        xh = self.buf("mm_x_h", (b, k), np.float16)
+        with self.stream:
+            xh[...] = x
         for n0 in range(0, w.n, rows):
             nr = min(rows, w.n - n0)
             wd = scratch[:nr]
             groups = nr * (k // 16)
-            self.launch(f"dequant_{sfx}", ((groups + 255) // 256,), (256,),
+            self.launch(f"dequant_h_{sfx}", ((groups + 255) // 256,), (256,),
                         (w.data[n0: n0 + nr], wd, np.int32(nr), np.int32(k), np.int64(w.row_bytes)))
-            with self.stream:
-                if n0 == 0 and nr == w.n:
-                    cp.matmul(x, wd.T, out=out)
-                else:
-                    out[:, n0: n0 + nr] = cp.matmul(x, wd.T)
+            self.gemm_f16(xh, wd, out, n0)
         return out
+
+    def gemm_f16(self, xh: Any, wh: Any, out: Any, n0: int = 0) -> None:
+        """out[:, n0 : n0 + nr] = xh (B, K) f16 @ wh (nr, K) f16 ^T in f32 (tensor cores; out C-contiguous).
+
+        Row-major arrays are column-major transposes, so cuBLAS computes out^T (nr, B) = wh (op T) @ xh^T.
+        """
+        cp = self.cp
+        b, k = (int(s) for s in xh.shape)
+        nr = int(wh.shape[0])
+        n_total = int(out.shape[1])
+        cublas = cp.cuda.cublas
+        handle = cp.cuda.device.get_cublas_handle()
+        cublas.setStream(handle, self.stream.ptr)
+        one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+        cublas.gemmEx(handle, 1, 0, nr, b, k, one.ctypes.data, wh.data.ptr, 2, k, xh.data.ptr, 2, k,
+                      zero.ctypes.data, out.data.ptr + 4 * n0, 0, n_total, 68, 99)  # 16F in, 32F out/compute
 
     def rows_dev(self, w: DeviceTensor, ids: Any, out: Any = None) -> Any:
         """Rows ``ids`` (T,) int32 device of ``w`` -> (T, K) f32."""
@@ -299,21 +390,33 @@ class CudaBackend:
         self.launch("qk_norm_f32", (rq + rk,), (threads,),
                     (q, k, wq, wk, np.int32(rq), np.int32(rk), np.int32(hd), np.float32(eps)))
 
+    def rope_table(self, base: float, pos_scale: float, hd: int) -> Any:
+        """Device (hd/2, 2) f32: each pair's frequency pos_scale * base^(-2i/hd) as hi + lo floats."""
+        key = (float(base), float(pos_scale), int(hd))
+        tab = self._rope.get(key)
+        if tab is None:
+            f = pos_scale * np.power(float(base), -np.arange(0, hd, 2, dtype=np.float64) / hd)
+            hi = f.astype(np.float32)
+            lo = (f - hi.astype(np.float64)).astype(np.float32)
+            with self.stream:
+                tab = self._rope[key] = self.cp.asarray(np.stack([hi, lo], axis=1))
+        return tab
+
     def rope_dev(self, x: Any, pos: Any, base: float, neox: bool, pos_scale: float = 1.0) -> None:
-        """In-place RoPE of ``x`` (T, H, hd) at positions ``pos`` (T,) int32 device."""
+        """In-place RoPE of ``x`` (T, H, hd) at positions ``pos`` (T,) int32 device (FP32 angles)."""
         t, h, hd = (int(s) for s in x.shape)
         n = t * h * (hd // 2)
         self.launch("rope_f32", ((n + 255) // 256,), (256,),
-                    (x, pos, np.int32(t), np.int32(h), np.int32(hd), np.float64(base), np.float64(pos_scale),
+                    (x, pos, self.rope_table(base, pos_scale, hd), np.int32(t), np.int32(h), np.int32(hd),
                      np.int32(1 if neox else 0)))
 
     def kv_write_dev(self, kc: Any, vc: Any, k: Any, v: Any, slots: Any) -> None:
-        """Write k, v (T, KVH, hd) into the paged caches (slots, KVH, hd) at ``slots`` (T,) int32."""
+        """Write k, v (T, KVH, hd) f32 into the f16 paged caches (slots, KVH, hd) at ``slots`` (T,) int32."""
         t = int(k.shape[0])
         w = int(k.size // max(t, 1))
         n = t * w
         if n:
-            self.launch("kv_write_f32", ((n + 255) // 256,), (256,),
+            self.launch("kv_write_f16", ((n + 255) // 256,), (256,),
                         (kc, vc, k, v, slots, np.int32(t), np.int32(w)))
 
     def add_dev(self, a: Any, b: Any, out: Any) -> Any:
@@ -340,16 +443,18 @@ class CudaBackend:
         n = int(x.size)
         self.launch("scale_f32", ((n + 255) // 256,), (256,), (x, np.float32(s), np.int64(n)))
 
-    @staticmethod
-    def n_split_for(max_keys: int) -> int:
-        """Sequence splits for decode attention over ``max_keys`` keys (chunks of about 256 keys)."""
-        return max(1, min(64, math.ceil(max_keys / 256)))
+    def n_split_for(self, max_keys: int, rows: int = 1, heads: int = 1) -> int:
+        """Key-range splits for decode attention: enough blocks (heads × rows × splits) to give every SM
+        two, but no split shorter than ``split_keys`` keys (its fixed cost would dominate)."""
+        fill = math.ceil(2 * self.sm_count / max(1, rows * heads))
+        longest = math.ceil(max(1, max_keys) / self.split_keys)
+        return max(1, min(64, fill, longest))
 
     def attention_dev(self, q: Any, kc: Any, vc: Any, q_seq: Any, q_pos: Any, tables: Any, block_size: int,
                       scale: float, window: int, n_split: int, out: Any) -> Any:
         """Paged attention of query rows q (R, H, hd) -> out (R, H * hd) via partials + reduce.
 
-        ``tables`` (S, max_blocks) int32; ``q_seq``/``q_pos`` (R,) int32 device arrays.
+        Caches (slots, KVH, hd) f16; ``tables`` (S, max_blocks) int32; ``q_seq``/``q_pos`` (R,) int32.
         """
         r, h, hd = (int(s) for s in q.shape)
         kvh = int(kc.shape[1])
@@ -416,12 +521,13 @@ class CudaBackend:
     def paged_attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, q_seq: np.ndarray,
                         q_pos: np.ndarray, tables: np.ndarray, block_size: int, scale: float, window: int = 0,
                         n_split: int | None = None, prefill: bool = False) -> np.ndarray:
-        """Paged attention with numpy in and out (tests): q (R, H, hd), caches (slots, KVH, hd)."""
+        """Paged attention with numpy in and out (tests): q (R, H, hd), caches (slots, KVH, hd) (stored as
+        f16 on the device, as the runner's are)."""
         cp = self.cp
         with self.stream:
             qd = cp.asarray(np.ascontiguousarray(q, np.float32))
-            kd = cp.asarray(np.ascontiguousarray(k_cache, np.float32))
-            vd = cp.asarray(np.ascontiguousarray(v_cache, np.float32))
+            kd = cp.asarray(np.ascontiguousarray(k_cache, np.float16))
+            vd = cp.asarray(np.ascontiguousarray(v_cache, np.float16))
             sd = cp.asarray(np.asarray(q_seq, np.int32))
             pd = cp.asarray(np.asarray(q_pos, np.int32))
             td = cp.asarray(np.ascontiguousarray(tables, np.int32))
@@ -429,6 +535,6 @@ class CudaBackend:
         if prefill:
             self.attention_prefill_dev(qd, kd, vd, pd, td[int(q_seq[0])], block_size, scale, window, out)
         else:
-            ns = n_split or self.n_split_for(int(np.max(q_pos)) + 1)
+            ns = n_split or self.n_split_for(int(np.max(q_pos)) + 1, int(q.shape[0]), int(q.shape[1]))
             self.attention_dev(qd, kd, vd, sd, pd, td, block_size, scale, window, ns, out)
         return self.to_host(out)

@@ -20,7 +20,11 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--vram-gb", type=gigabytes, default=None, metavar="GB",
                    help="pretend this much free VRAM in GiB (default: probe the GPU)")
     p.add_argument("--batch", type=positive_int, default=1, help="sequences served at once")
-    add(p, "placement", "vram_budget", "override", "json", json={"help": "print the plan as JSON"})
+    p.add_argument("--gpu", default=None, metavar="NAME",
+                   help="GPU table entry for the predicted speeds when no GPU is probed "
+                        "(4090, 3090, '4060 laptop', a100, h100, h200; default: the probed GPU, else 4090)")
+    add(p, "placement", "vram_budget", "override", "kv_type", "json",
+        json={"help": "print the plan as JSON"})
     return p
 
 
@@ -28,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
     """Plan from the file's tensor table and metadata (no weights are read)."""
     from edgerun.models.base import ModelLoadError
     from edgerun.quant.gguf_file import GGUFError, GGUFFile
-    from edgerun.runtime.planner import PlanError, plan_for_file
+    from edgerun.runtime.planner import CPU_KV_BYTES, GPU_SPECS, PlanError, plan_for_file
+
+    if args.gpu is not None and args.gpu.lower() not in GPU_SPECS:
+        raise CLIError(f"--gpu {args.gpu!r} is not in the GPU table ({', '.join(GPU_SPECS)})")
 
     path = resolve(args.model)
     gib = 1 << 30
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             gf, ctx=args.ctx, batch=args.batch, mode=args.placement,
             vram_bytes=None if args.vram_gb is None else int(args.vram_gb * gib),
             vram_budget=None if args.vram_budget is None else int(args.vram_budget * gib),
-            overrides=args.override)
+            overrides=args.override, gpu_name=args.gpu, kv_bytes_per_elem=CPU_KV_BYTES[args.kv_type])
     except (PlanError, ModelLoadError, GGUFError, KeyError, ValueError) as e:
         raise CLIError(str(e).strip("'\"")) from None
     finally:
@@ -70,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
           f"cpu {_gib(kv['cpu_bytes'])})")
     t = plan.totals
     print(f"total: gpu {_gib(t['gpu'])}, cpu {_gib(t['cpu'])}")
+    for line in plan.speed_lines():
+        print(line)
     for n in plan.notes:
         print(f"note: {n}")
     return 0

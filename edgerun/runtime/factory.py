@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgerun.quant.gguf_file import GGUFFile
-from edgerun.runtime.planner import Plan, plan_placement
+from edgerun.runtime.planner import CPU_KV_BYTES, Plan, plan_placement
 from edgerun.runtime.runner import Runner
 
 
@@ -66,7 +66,7 @@ def plan_for(gf: GGUFFile, opts: RunnerOptions) -> Plan:
     slots = (opts.num_blocks or 2 * math.ceil(ctx / opts.block_size)) * opts.block_size
     return plan_placement(gf, args.n_layers, args.n_kv_heads, args.head_dim, ctx=slots, batch=1,
                           mode=opts.placement, vram_bytes=opts.vram_bytes, vram_budget=opts.vram_budget,
-                          overrides=opts.overrides)
+                          overrides=opts.overrides, kv_bytes_per_elem=CPU_KV_BYTES[opts.kv_type])
 
 
 def make_runner(model: str | os.PathLike | GGUFFile, options: RunnerOptions | None = None,

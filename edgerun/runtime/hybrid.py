@@ -8,9 +8,15 @@ on the CPU with the runner's CPU backend, unless the plan put that FFN block on 
 the hidden state stays on the device across the layer). Layers the plan leaves on the CPU run the
 model's own ``attention_block`` / ``ffn_block``. All-GPU placement uses the same kernels.
 
-Extras: micro-batch overlap (a batch of several sequences is split in two halves so that one
-half's GPU attention runs while the CPU computes the other half's FFN), and CUDA graphs for decode
-steps (each GPU segment of a layer is captured once per batch shape and replayed).
+Extras: CUDA graphs for decode steps (each GPU segment of a layer is captured once per batch shape
+and replayed; not above the backend's batched threshold, where the cuBLAS path allocates), and
+micro-batch overlap (a batch of several sequences split in two halves so that one half's GPU
+attention runs while the CPU computes the other half's FFN). Overlap calls the CPU FFN once per
+half, so it is used only where that cannot read the FFN weights from memory twice: when a layer's
+FFN weights fit in the CPU's last-level cache. Otherwise every FFN weight is read once per layer
+per step, which is what bounds hybrid decode. Prefill steps of STREAM_FFN_TOKENS+ rows run the
+CPU-placed FFNs on the GPU instead, their weights streamed over PCIe on a copy stream (two staging
+slots: layer k+2's copy waits for layer k's FFN), llama.cpp's op offload.
 
 :func:`edgerun.runtime.factory.make_runner` picks the runner: the plain CPU Runner when the plan
 puts nothing on a GPU.
@@ -33,6 +39,28 @@ from edgerun.quant.gguf_file import GGUFFile
 from edgerun.runtime.planner import GPU, Plan, plan_placement
 from edgerun.runtime.runner import Runner
 from edgerun.runtime.weights import pin_in_hugepages
+
+STREAM_FFN_TOKENS = 32  # prefill rows from which streaming FFN weights over PCIe beats the CPU FFN
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's last-level cache (sysfs), 0 when unknown."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for d in os.listdir(base):
+            try:
+                with open(os.path.join(base, d, "size")) as f:
+                    txt = f.read().strip().upper()
+            except OSError:
+                continue
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
+            num = txt[:-1] if txt[-1:] in "KMG" else txt
+            if num.isdigit():
+                best = max(best, int(num) * mult)
+    except OSError:
+        return 0
+    return best
 
 
 @dataclass
@@ -77,8 +105,8 @@ class GPUExec:
                 d["post_ffn_norm"] = backend.vector(ly.post_ffn_norm)
             self.w[i] = d
             with backend.stream:
-                self.kc[i] = cp.zeros((num_slots, a.n_kv_heads, a.head_dim), cp.float32)
-                self.vc[i] = cp.zeros((num_slots, a.n_kv_heads, a.head_dim), cp.float32)
+                self.kc[i] = cp.zeros((num_slots, a.n_kv_heads, a.head_dim), cp.float16)  # as the CPU's
+                self.vc[i] = cp.zeros((num_slots, a.n_kv_heads, a.head_dim), cp.float16)
         self.head_on_gpu = plan.head_device == GPU
         if self.head_on_gpu:
             self.head = backend.upload(model.output)
@@ -106,7 +134,7 @@ class GPUExec:
             tables=be.to_device(tables, tag + "tables"),
             seqs=list(zip(b.seq_starts, b.seq_lens, strict=True)),
             decode=decode,
-            n_split=be.n_split_for(max(b.ctx_lens)) if decode else 1,
+            n_split=be.n_split_for(max(b.ctx_lens), s, self.args.n_heads) if decode else 1,
         )
 
     # ------------------------------------------------------------------ layer pieces on the device
@@ -146,9 +174,32 @@ class GPUExec:
             be.rms_norm_dev(o, w["post_attn_norm"], a.norm_eps, out=o)
         be.add_dev(x, o, out=x)
 
-    def ffn(self, i: int, x: Any, t: int, tag: str = "") -> None:
-        """x (T, D) device += FFN of layer i (only for layers whose FFN the plan put on the GPU)."""
-        a, be, w = self.args, self.be, self.w[i]
+    def stage_ffn(self, i: int, slot: int, after: Any = None) -> tuple[dict[str, Any], Any]:
+        """Queue the copy of layer i's FFN weights (quantized, as on disk) into staging slot ``slot`` on
+        the copy stream, after event ``after`` (the compute that last read that slot); (device weights
+        and norms for :meth:`ffn`, the event that marks the copy done)."""
+        from edgerun.backends.cuda import DeviceTensor
+
+        be, ly = self.be, self.model.layers[i]
+        w: dict[str, Any] = {}
+        if after is not None:
+            be.copy_stream.wait_event(after)
+        for n in ("w_gate", "w_up", "w_down"):
+            q = getattr(ly, n)
+            host = q.data.view(np.uint8).reshape(q.n, -1)
+            be.register_host(q.data)
+            dst = be.buf(f"ffn_stage{slot}_{n}", host.shape, np.uint8)
+            be.h2d(dst, host, stream=be.copy_stream)
+            w[n] = DeviceTensor(q.name, int(q.qtype), q.k, q.n, int(host.shape[1]), dst)
+        w["ffn_norm"] = be.vector(ly.ffn_norm)
+        w["post_ffn_norm"] = be.vector(ly.post_ffn_norm)
+        return w, be.event(be.copy_stream)
+
+    def ffn(self, i: int, x: Any, t: int, tag: str = "", w: dict[str, Any] | None = None) -> None:
+        """x (T, D) device += FFN of layer i (layers whose FFN the plan put on the GPU, or with ``w`` the
+        weights :meth:`stage_ffn` streamed in)."""
+        a, be = self.args, self.be
+        w = self.w[i] if w is None else w
         h = be.rms_norm_dev(x, w["ffn_norm"], a.norm_eps, out=be.buf(tag + "h", (t, a.dim)))
         g = be.mm(w["w_gate"], h, out=be.buf(tag + "g", (t, a.ffn_dim)))
         u = be.mm(w["w_up"], h, out=be.buf(tag + "u", (t, a.ffn_dim)))
@@ -165,13 +216,19 @@ class HybridModel:
     Attributes not defined here (``args``, ``layers``, ``backend`` ...) are the wrapped model's.
     """
 
-    def __init__(self, model: Transformer, gpu: GPUExec, overlap: bool = True, graphs: bool = True) -> None:
+    def __init__(self, model: Transformer, gpu: GPUExec, overlap: bool = True, graphs: bool = True,
+                 llc_bytes: int | None = None, stream_ffn: bool = True) -> None:
         self.model = model
         self.gpu = gpu
+        self.stream_ffn = stream_ffn  # prefill: stream CPU-placed FFN weights to the GPU
         self.overlap = overlap
         self.graphs = graphs
+        self.llc_bytes = last_level_cache_bytes() if llc_bytes is None else llc_bytes
+        self.ffn_bytes = max((sum(int(getattr(ly, n).data.nbytes) for n in ("w_gate", "w_up", "w_down"))
+                              for ly in model.layers), default=0)  # one layer's FFN weights
         self._graphs: dict[tuple[Any, ...], Any] = {}
         self._seen: set[tuple[Any, ...]] = set()
+        self.captured: list[tuple[Any, ...]] = []  # keys of every capture so far (tests, debugging)
         self._graph_gen = -1
 
     def __getattr__(self, name: str) -> Any:
@@ -213,7 +270,7 @@ class HybridModel:
         g = self.gpu
         be = g.be
         key = (tag, i, st.t, len(st.seqs), st.n_split)
-        if not (self.graphs and st.decode):
+        if not (self.graphs and st.decode and st.t <= be.batched_threshold):
             g.attention(i, xd, st, tag)
             if ffn_gpu:
                 g.ffn(i, xd, st.t, tag)
@@ -253,6 +310,7 @@ class HybridModel:
                 g.ffn(i, xd, st.t, tag)
             return
         self._graphs[key] = graph
+        self.captured.append(key)
         graph.launch(stream=be.stream)
 
     # ------------------------------------------------------------------ forward
@@ -265,7 +323,9 @@ class HybridModel:
             x = x * np.float32(a.embed_scale)
         segs = self._segments()
         pure_hybrid = all(ga and not gf for _, ga, gf in segs)
-        if self.overlap and len(b.seq_lens) >= 2 and pure_hybrid:
+        streams = self.stream_ffn and len(b.tokens) >= STREAM_FFN_TOKENS
+        if self.overlap and len(b.seq_lens) >= 2 and pure_hybrid and self.ffn_bytes <= self.llc_bytes \
+                and not streams:
             x = self._forward_overlap(b, kv, x)
             xd = None
         else:
@@ -277,6 +337,14 @@ class HybridModel:
         m, g = self.model, self.gpu
         st = g.prepare(b) if g.attn_layers else None
         xd = None  # device copy of the residual stream, current when not None
+        # prefill of STREAM_FFN_TOKENS+ rows: the CPU-placed FFNs of GPU-attention layers run on the GPU
+        # with weights streamed over PCIe, layer k+2's copy queued behind layer k's compute (two slots)
+        streamed = [i for i, ga, gf in segs if ga and not gf] \
+            if self.stream_ffn and st is not None and st.t >= STREAM_FFN_TOKENS else []
+        staged: dict[int, tuple[dict[str, Any], Any]] = {}
+        for k in range(min(2, len(streamed))):
+            staged[streamed[k]] = g.stage_ffn(streamed[k], k)
+        order = {i: k for k, i in enumerate(streamed)}
         for i, attn_gpu, ffn_gpu in segs:
             ly = m.layers[i]
             if attn_gpu:
@@ -284,6 +352,14 @@ class HybridModel:
                     xd = self._upload(x, "")
                 self._gpu_segment(i, ffn_gpu, xd, st, "")
                 if ffn_gpu:
+                    continue
+                if i in staged:
+                    w, ready = staged.pop(i)
+                    g.be.stream.wait_event(ready)
+                    g.ffn(i, xd, st.t, "", w=w)
+                    k = order[i]
+                    if k + 2 < len(streamed):  # reuse this slot once this FFN has read it
+                        staged[streamed[k + 2]] = g.stage_ffn(streamed[k + 2], k % 2, g.be.event(g.be.stream))
                     continue
                 x = self._download(xd, "")
                 xd = None

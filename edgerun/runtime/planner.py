@@ -5,13 +5,16 @@ the context and batch the runner will serve, and the free VRAM (probed, or prete
 ``vram_bytes``). Greedy, in the order that pays most for a hybrid step:
 
 1. per layer, in layer order: the attention tensors (Q/K/V/O weights, their biases and norms) and
-   that layer's slice of the KV cache, until the usable VRAM (free VRAM minus a reserve for
-   activations and scratch) runs out;
-2. (``auto``) with every layer's attention on the GPU: the output head, then whole FFN blocks
-   (all of a layer's ``ffn_*`` tensors) layer by layer while they fit;
+   that layer's slice of the KV cache, until the usable VRAM (free VRAM minus a reserve for the
+   CUDA context, the dequantize scratch, the cuBLAS workspace and activations) runs out;
+2. with every layer's attention on the GPU: the output head (``auto`` and ``hybrid``: on the CPU it
+   reads the whole vocabulary matrix every token, the largest single read of a small model), then
+   (``auto``) whole FFN blocks (all of a layer's ``ffn_*`` tensors) layer by layer while they fit;
    (``gpu``) whole layers, attention + KV + FFN together, like llama.cpp's ``-ngl``, then the head;
-   (``hybrid``) nothing more: the FFN stays on the CPU;
    (``cpu``) nothing on the GPU at all.
+
+KV bytes are counted with the element size each device stores: f16 on the GPU (the CUDA backend's
+cache), the runner's ``kv_type`` on the CPU (f16 by default).
 
 Token embeddings always stay on the CPU (a row lookup). Regex overrides ``REGEX=cpu|gpu``
 (repeatable, last match wins, like llama.cpp's ``-ot``) are applied after the planner and beat it.
@@ -20,6 +23,8 @@ Token embeddings always stay on the CPU (a row lookup). Regex overrides ``REGEX=
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +32,14 @@ from typing import Any, Protocol
 
 CPU, GPU = "cpu", "gpu"
 MODES = ("auto", "cpu", "gpu", "hybrid")
-# element size of the KV cache the plan places: the GPU's is float32 (hybrid.py GPUExec); the CPU
-# cache is f16 by default (Runner kv_type), so the plan's cpu_bytes of KV are an upper bound there
-KV_BYTES_PER_ELEM = 4
+KV_BYTES_PER_ELEM = 2  # f16: the GPU cache always, the CPU cache by default
+GPU_KV_BYTES = 2
+CPU_KV_BYTES = {"f16": 2, "f32": 4}
 MIB = 1 << 20
-RESERVE_FRACTION = 0.05
-RESERVE_FIXED = 256 * MIB
+RESERVE_FRACTION = 0.05  # activations and allocator slack
+RESERVE_FIXED = 256 * MIB  # the CUDA context and module images
+DEQUANT_SCRATCH = 256 * MIB  # CudaBackend.chunk_bytes: one weight chunk dequantized to f32 (large batches)
+CUBLAS_WORKSPACE = 32 * MIB  # cuBLAS's default workspace on Hopper (4 MiB before): take the larger
 
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -68,12 +75,16 @@ class Plan:
     vram_usable: int  # after the budget cap and the reserve
     reserve: int
     tensors: dict[str, Placement]
-    kv_layer_bytes: int  # KV bytes of one layer (K and V)
+    kv_layer_bytes: int  # KV bytes of one layer (K and V) on the GPU (f16)
     kv_devices: list[str]  # per layer
     head_tensor: str  # the tensor the output projection reads ("output.weight" or tied "token_embd.weight")
     head_device: str
     overrides: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kv_cpu_layer_bytes: int = 0  # KV bytes of one layer kept on the CPU (the runner's kv_type)
+    predicted: dict[str, float] = field(default_factory=dict)  # predict(): decode/prefill tok/s, bytes
+    gpu_spec: str = ""  # the GPU table entry the prediction used
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # auto: each layout's prediction
 
     # --- derived views
     def device_of(self, name: str) -> str:
@@ -83,8 +94,9 @@ class Plan:
     @property
     def kv_cache(self) -> dict[str, Any]:
         """``{"device", "bytes", "gpu_bytes", "cpu_bytes"}``; device is "split" when layers differ."""
-        gpu = sum(self.kv_layer_bytes for d in self.kv_devices if d == GPU)
-        cpu = self.kv_layer_bytes * len(self.kv_devices) - gpu
+        n_gpu = sum(1 for d in self.kv_devices if d == GPU)
+        gpu = self.kv_layer_bytes * n_gpu
+        cpu = (self.kv_cpu_layer_bytes or self.kv_layer_bytes) * (len(self.kv_devices) - n_gpu)
         dev = GPU if cpu == 0 and gpu > 0 else CPU if gpu == 0 else "split"
         return {"device": dev, "bytes": gpu + cpu, "gpu_bytes": gpu, "cpu_bytes": cpu}
 
@@ -140,7 +152,23 @@ class Plan:
             "vram": {"free": self.vram_free, "usable": self.vram_usable, "reserve": self.reserve},
             "overrides": [f"{p}={d}" for p, d in self.overrides],
             "notes": list(self.notes),
+            "predicted": dict(self.predicted, gpu=self.gpu_spec) if self.predicted else {},
+            "candidates": {k: dict(v) for k, v in self.candidates.items()},
         }
+
+    def speed_lines(self) -> list[str]:
+        """Human-readable predicted speeds (empty without a prediction)."""
+        if not self.predicted:
+            return []
+        p = self.predicted
+        where = self.gpu_spec if self.uses_gpu else "CPU only"
+        out = [f"predicted ({where}): decode {p['decode_tok_s']:.1f} tok/s, prefill "
+               f"{p['prefill_tok_s']:.0f} tok/s; per token CPU reads {p['cpu_bytes_per_token'] / MIB:.0f} "
+               f"MiB, GPU {p['gpu_bytes_per_token'] / MIB:.0f} MiB"]
+        for k, v in self.candidates.items():
+            out.append(f"  {k:<24} decode {v['decode_tok_s']:8.1f} tok/s   "
+                       f"prefill {v['prefill_tok_s']:8.0f} tok/s")
+        return out
 
     def to_json(self, indent: int | None = None) -> str:
         """:meth:`to_dict` as a JSON string."""
@@ -156,9 +184,25 @@ def kv_bytes(ctx: int, batch: int, n_layers: int, n_kv_heads: int, head_dim: int
     return ctx * batch * n_layers * 2 * n_kv_heads * head_dim * bytes_per_elem
 
 
-def reserve_bytes(vram: int) -> int:
-    """VRAM kept back for activations, scratch and the CUDA context: 5% + 256 MiB (capped at all)."""
-    return min(vram, int(vram * RESERVE_FRACTION) + RESERVE_FIXED)
+def reserve_bytes(vram: int, scratch: int = DEQUANT_SCRATCH) -> int:
+    """VRAM kept back (capped at all of it): 5% for activations, 256 MiB for the CUDA context, the
+    dequantize ``scratch`` of large-batch matmuls and the cuBLAS workspace."""
+    return min(vram, int(vram * RESERVE_FRACTION) + RESERVE_FIXED + scratch + CUBLAS_WORKSPACE)
+
+
+def dequant_scratch(tensors: Mapping[str, Any]) -> int:
+    """f32 bytes of the largest matrix dequantized at once (capped at :data:`DEQUANT_SCRATCH`)."""
+    most = 0
+    for info in tensors.values():
+        shape = getattr(info, "shape", None)
+        if shape is None:
+            return DEQUANT_SCRATCH  # sizes only (tests, synthetic tables): assume the cap
+        if len(shape) >= 2:
+            n = 1
+            for d in shape:
+                n *= int(d)
+            most = max(most, 4 * n)
+    return min(DEQUANT_SCRATCH, most)
 
 
 def classify(name: str) -> tuple[str, int | None]:
@@ -231,12 +275,74 @@ def plan_placement(
     vram_budget: int | None = None,
     overrides: Sequence[str | tuple[str, str]] = (),
     kv_bytes_per_elem: int = KV_BYTES_PER_ELEM,
+    by_speed: bool = True,
+    gpu_name: str | None = None,
+    cpu: dict[str, float] | None = None,
+    cpu_only_prediction: bool = False,
 ) -> Plan:
     """Plan where each tensor and each layer's KV cache goes.
 
     ``tensors`` is a GGUFFile (its ``.tensors`` is used) or a mapping name -> object with ``nbytes``.
     ``vram_bytes`` pretends that much free VRAM (None: probe the first GPU); ``vram_budget`` caps it.
+    ``kv_bytes_per_elem`` is the CPU cache's element size (the runner's kv_type); the GPU's is f16.
+
+    With a GPU, every plan carries the predicted decode and prefill speed (:func:`predict`; ``gpu_name``
+    picks the GPU table entry, default the probed GPU's name or an RTX 4090; ``cpu`` the CPU's
+    measured speeds, default :func:`cpu_speed`). ``auto`` with ``by_speed`` plans the greedy
+    attention-first layout, the ``gpu`` (whole layers) and ``hybrid`` layouts and ``cpu``, and keeps
+    the fastest predicted decode (the greedy one on a tie). Without a GPU the CPU-only prediction is
+    made only when asked (``cpu_only_prediction``, ``edgerun plan``) or given ``cpu``: a runner on a
+    machine without a GPU should not measure the CPU at start-up.
     """
+    common = dict(ctx=ctx, batch=batch, vram_bytes=vram_bytes, vram_budget=vram_budget, overrides=overrides,
+                  kv_bytes_per_elem=kv_bytes_per_elem)
+    plan = _plan_placement(tensors, n_layers, n_kv_heads, head_dim, mode=mode, **common)  # type: ignore[arg-type]
+    if plan.vram_free == 0 and not plan.uses_gpu and cpu is None and not cpu_only_prediction:
+        return plan
+    table = tensors.tensors if hasattr(tensors, "tensors") else tensors
+    if gpu_name is None and vram_bytes is None:
+        from edgerun.runtime.devices import probe_gpus
+
+        gpus = probe_gpus()
+        gpu_name = gpus[0].name if gpus else None
+    spec = gpu_spec_for(gpu_name)
+    speeds = cpu if cpu is not None else cpu_speed()
+    plan.predicted = predict(plan, speeds, spec, table)
+    plan.gpu_spec = spec.name
+    if mode != "auto" or not by_speed or (plan.vram_free == 0 and not plan.uses_gpu):
+        plan.notes.append(plan.speed_lines()[0])
+        return plan
+    best, best_name = plan, "auto (attention first)"
+    cands = {best_name: plan}
+    for m in ("gpu", "hybrid", "cpu"):
+        c = _plan_placement(tensors, n_layers, n_kv_heads, head_dim, mode=m, **common)  # type: ignore[arg-type]
+        c.predicted = predict(c, speeds, spec, table)
+        c.gpu_spec = spec.name
+        cands[m] = c
+        if c.predicted["decode_tok_s"] > best.predicted["decode_tok_s"]:
+            best, best_name = c, m
+    best.mode = "auto"
+    best.candidates = {k: dict(v.predicted) for k, v in cands.items()}
+    best.notes.append(best.speed_lines()[0])
+    best.notes.append(f"auto: the {best_name} layout is predicted fastest ("
+                      + ", ".join(f"{k} {v.predicted['decode_tok_s']:.1f}" for k, v in cands.items())
+                      + " decode tok/s)")
+    return best
+
+
+def _plan_placement(
+    tensors: Mapping[str, _TensorLike] | Any,
+    n_layers: int,
+    n_kv_heads: int,
+    head_dim: int,
+    ctx: int = 4096,
+    batch: int = 1,
+    mode: str = "auto",
+    vram_bytes: int | None = None,
+    vram_budget: int | None = None,
+    overrides: Sequence[str | tuple[str, str]] = (),
+    kv_bytes_per_elem: int = KV_BYTES_PER_ELEM,
+) -> Plan:
     if mode not in MODES:
         raise PlanError(f"unknown placement '{mode}' (choose from {', '.join(MODES)})")
     if ctx <= 0 or batch <= 0:
@@ -257,7 +363,7 @@ def plan_placement(
     else:
         free = int(vram_bytes)
     cap = free if vram_budget is None else min(free, int(vram_budget))
-    reserve = reserve_bytes(cap)
+    reserve = reserve_bytes(cap, dequant_scratch(table))
     usable = cap - reserve if mode != CPU else 0
     if mode == GPU and free == 0:
         notes.append("placement gpu: no GPU memory, everything stays on the CPU")
@@ -279,7 +385,8 @@ def plan_placement(
     head_bytes = sum(place[n].bytes for n in head_names)
     if head == "token_embd.weight" and head in place:
         head_bytes += place[head].bytes  # a GPU copy of the tied embedding table
-    kv_layer = kv_bytes(ctx, batch, 1, n_kv_heads, head_dim, kv_bytes_per_elem)
+    kv_layer = kv_bytes(ctx, batch, 1, n_kv_heads, head_dim, GPU_KV_BYTES)
+    kv_cpu_layer = kv_bytes(ctx, batch, 1, n_kv_heads, head_dim, kv_bytes_per_elem)
     kv_dev = [CPU] * n_layers
     head_dev = CPU
     left = usable
@@ -309,8 +416,9 @@ def plan_placement(
             kv_dev[i] = GPU
             left -= need
             n_attn += 1
-        if mode == "auto" and n_attn == n_layers:
+        if n_attn == n_layers:
             try_head()
+        if mode == "auto" and n_attn == n_layers:
             for i in range(n_layers):
                 need = size(ffn_of[i])
                 if need > left:
@@ -354,7 +462,8 @@ def plan_placement(
                      "attention: the runtime runs those FFNs on the CPU")
     plan = Plan(mode=mode, n_layers=n_layers, ctx=ctx, batch=batch, vram_free=free,
                 vram_usable=max(usable, 0), reserve=reserve, tensors=place, kv_layer_bytes=kv_layer,
-                kv_devices=kv_dev, head_tensor=head, head_device=head_dev, overrides=ovr, notes=notes)
+                kv_devices=kv_dev, head_tensor=head, head_device=head_dev, overrides=ovr, notes=notes,
+                kv_cpu_layer_bytes=kv_cpu_layer)
     if ovr and plan.totals[GPU] > cap:
         notes.append(f"overrides put {plan.totals[GPU] / MIB:.0f} MiB on the GPU, over the "
                      f"{cap / MIB:.0f} MiB available")
@@ -364,4 +473,178 @@ def plan_placement(
 def plan_for_file(gf: Any, ctx: int = 4096, batch: int = 1, **kw: Any) -> Plan:
     """:func:`plan_placement` for a GGUFFile, reading the KV geometry from its metadata."""
     n_layers, n_kv_heads, head_dim = model_dims(gf)
+    kw.setdefault("cpu_only_prediction", True)
     return plan_placement(gf, n_layers, n_kv_heads, head_dim, ctx=ctx, batch=batch, **kw)
+
+
+# ----------------------------------------------------------------------------- predicted speed (§3)
+# Batch-1 decode is memory-bound: a token reads every weight once, on the device that holds it, plus
+# that device's KV cache. Predicted time per token = CPU bytes / CPU read bandwidth + GPU bytes / GPU
+# bandwidth + a fixed cost per layer that crosses PCIe (two copies and a synchronize). Prefill is
+# compute-bound: 2 flops per weight per token on the device that holds the weight.
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """Datasheet figures of a GPU (or measured ones)."""
+
+    name: str
+    mem_gbs: float  # device memory bandwidth, GB/s
+    pcie_gbs: float  # pinned host <-> device, GB/s, one direction
+    fp16_tflops: float  # dense tensor-core FP16 with FP32 accumulation
+
+
+GPU_SPECS: dict[str, GPUSpec] = {
+    "4090": GPUSpec("RTX 4090", 1008, 25, 165),
+    "3090": GPUSpec("RTX 3090", 936, 25, 71),
+    "4060 laptop": GPUSpec("RTX 4060 Laptop", 256, 12, 45),
+    "a100": GPUSpec("A100", 1935, 25, 312),
+    "h100": GPUSpec("H100", 3350, 53, 990),  # 53 GB/s: measured pinned H2D on a PCIe gen5 H100
+    "h200": GPUSpec("H200", 4800, 53, 990),
+}
+DEFAULT_GPU = "4090"  # the card edgerun's hybrid mode is designed for; used for pretended VRAM
+GPU_EFFICIENCY = 0.8  # fraction of the datasheet bandwidth a matvec reaches
+# Our CPU matvec reads 26.0-28.8 GB/s where numpy's parallel sum (measure_cpu) gives 29.5-33.9 GB/s
+# on the development machine (docs/PERFORMANCE.md): predictions use 85% of the measured figure.
+CPU_EFFICIENCY = 0.85
+TENSOR_EFFICIENCY = 0.5
+LAYER_SYNC_S = 20e-6  # a GPU attention segment inside a CPU layer: copy in, copy out, synchronize
+GPU_LAYER_S = 10e-6  # graph replay of one layer's kernels
+PREFILL_TOKENS = 512
+
+
+def gpu_spec_for(name: str | None) -> GPUSpec:
+    """The table entry whose key names ``name`` (an NVML name or a key), else the default (4090)."""
+    low = (name or os.environ.get("EDGERUN_GPU") or DEFAULT_GPU).lower()
+    for key in sorted(GPU_SPECS, key=len, reverse=True):
+        if all(part in low for part in key.split()):
+            return GPU_SPECS[key]
+    return GPU_SPECS[DEFAULT_GPU]
+
+
+def _cache_file() -> str:
+    root = os.environ.get("EDGERUN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "edgerun")
+    return os.path.join(root, "cpu_speed.json")
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_cpu(threads: int, mb: int = 256) -> dict[str, float]:
+    """CPU read bandwidth (GB/s; numpy sums on ``threads`` threads, median of 5) and f32 GEMM GFLOP/s."""
+    import statistics
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    a = np.ones(mb * MIB // 4, np.float32)
+    parts = np.array_split(a, threads)
+    times = []
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(np.sum, parts))
+        for _ in range(5):
+            t = time.perf_counter()
+            list(ex.map(np.sum, parts))
+            times.append(time.perf_counter() - t)
+    bw = a.nbytes / statistics.median(times) / 1e9
+    m = np.ones((512, 512), np.float32)
+    m @ m
+    t = time.perf_counter()
+    for _ in range(4):
+        m @ m
+    gflops = 4 * 2 * 512**3 / (time.perf_counter() - t) / 1e9
+    return {"read_gbs": bw, "gemm_gflops": gflops}
+
+
+def cpu_speed(threads: int | None = None) -> dict[str, float]:
+    """:func:`measure_cpu` measured once per CPU model and thread count, then read from a cache file
+    (``$EDGERUN_CACHE_DIR/cpu_speed.json``)."""
+    from edgerun.runtime.devices import probe_cpu
+
+    threads = threads or max(1, probe_cpu().physical_cores)
+    key = f"{_cpu_id()}|{threads}"
+    path = _cache_file()
+    cache: dict[str, Any] = {}
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        pass
+    if key not in cache:
+        cache[key] = measure_cpu(threads)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(cache, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # unwritable cache: measure again next time
+    return cache[key]
+
+
+def _elements(info: Any, nbytes: int) -> int:
+    shape = getattr(info, "shape", None)
+    if shape is None:
+        return 2 * nbytes  # about 4.5 bits a weight
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def predict(plan: Plan, cpu: dict[str, float], gpu: GPUSpec, table: Mapping[str, Any] | None = None,
+            at_ctx: int = 256) -> dict[str, float]:
+    """Predicted batch-1 decode and prefill tok/s of ``plan`` (see the section comment).
+
+    ``cpu`` as from :func:`cpu_speed`; ``at_ctx`` tokens of context are read from each layer's cache.
+    """
+    kv_tok_gpu = plan.kv_layer_bytes / max(plan.ctx * plan.batch, 1)
+    kv_tok_cpu = (plan.kv_cpu_layer_bytes or plan.kv_layer_bytes) / max(plan.ctx * plan.batch, 1)
+    read = {CPU: 0.0, GPU: 0.0}
+    flops = {CPU: 0.0, GPU: 0.0}
+    streamed = {i for i in range(plan.n_layers) if plan.kv_devices[i] == GPU}  # prefill: FFN streamed in
+    stream_bytes = 0.0
+    stream_flops = 0.0
+    for t in plan.tensors.values():
+        info = table.get(t.name) if table is not None else None
+        if t.group == "embd":
+            if t.name == plan.head_tensor:  # tied head: the whole table is read, where the head runs
+                read[plan.head_device] += t.bytes
+                flops[plan.head_device] += 2 * _elements(info, t.bytes)
+            continue
+        read[t.device] += t.bytes
+        flops[t.device] += 2 * _elements(info, t.bytes)
+        if t.group == "ffn" and t.device == CPU and t.layer in streamed:
+            stream_bytes += t.bytes
+            stream_flops += 2 * _elements(info, t.bytes)
+    for d in plan.kv_devices:
+        read[d] += at_ctx * (kv_tok_gpu if d == GPU else kv_tok_cpu)
+    crossings = 0
+    for i in range(plan.n_layers):
+        lay = plan.layer_devices(i)
+        if lay["attn"] == GPU and lay["ffn"] != GPU:
+            crossings += 1
+    gpu_layers = sum(1 for d in plan.kv_devices if d == GPU)
+    t_cpu = read[CPU] / (cpu["read_gbs"] * 1e9 * CPU_EFFICIENCY)
+    t_gpu = read[GPU] / (gpu.mem_gbs * 1e9 * GPU_EFFICIENCY) + gpu_layers * GPU_LAYER_S if read[GPU] else 0.0
+    t_dec = t_cpu + t_gpu + crossings * LAYER_SYNC_S
+    # prefill of PREFILL_TOKENS: the CPU-placed FFNs of GPU-attention layers run on the GPU with their
+    # weights streamed over PCIe (overlapped with the GPU's compute: the slower of the two counts)
+    p = PREFILL_TOKENS
+    gpu_rate = gpu.fp16_tflops * 1e12 * TENSOR_EFFICIENCY
+    t_gpu_pre = (flops[GPU] + stream_flops) * p / gpu_rate
+    t_gpu_pre += read[GPU] / (gpu.mem_gbs * 1e9) if read[GPU] else 0.0
+    t_pre = ((flops[CPU] - stream_flops) * p / (cpu["gemm_gflops"] * 1e9)
+             + max(t_gpu_pre, stream_bytes / (gpu.pcie_gbs * 1e9)) + crossings * LAYER_SYNC_S)
+    return {"decode_tok_s": 1.0 / max(t_dec, 1e-12), "prefill_tok_s": p / max(t_pre, 1e-12),
+            "cpu_bytes_per_token": read[CPU], "gpu_bytes_per_token": read[GPU], "pcie_crossings": crossings}

@@ -4,7 +4,7 @@
 // q_pos[r]; it sees keys at positions p with max(0, q_pos - window + 1) <= p <= q_pos (window 0 =
 // unlimited), read from the cache through block_tables[q_seq[r]] (max_blocks ids per sequence):
 // slot(p) = table[p / block_size] * block_size + p % block_size. This step's K/V must already be
-// written (kv_write_f32). Cache layout: (slots, KVH, hd); query head h reads KV head h / (H / KVH).
+// written (kv_write_f16). Cache layout: (slots, KVH, hd) f16; query head h reads KV head h / (H / KVH).
 //
 // Decode (few rows, long contexts): attn_paged_partial splits each row's key range into n_split
 // chunks (grid.z), each writing an unnormalised partial (max, sum, acc); attn_reduce merges them.
@@ -20,8 +20,8 @@ __device__ __forceinline__ i64 kv_slot(const int* table, int p, int block_size) 
     return (i64)table[p / block_size] * block_size + (p % block_size);
 }
 
-extern "C" __global__ void attn_paged_partial(const float* __restrict__ q, const float* __restrict__ kc,
-                                              const float* __restrict__ vc, const int* __restrict__ q_seq,
+extern "C" __global__ void attn_paged_partial(const float* __restrict__ q, const u16* __restrict__ kc,
+                                              const u16* __restrict__ vc, const int* __restrict__ q_seq,
                                               const int* __restrict__ q_pos,
                                               const int* __restrict__ block_tables, int max_blocks,
                                               int block_size, int H, int KVH, int hd, float scale,
@@ -53,7 +53,7 @@ extern "C" __global__ void attn_paged_partial(const float* __restrict__ q, const
 #pragma unroll
         for (int j = 0; j < ATT_MAXD; j++) {
             const int d = lane + WARP * j;
-            if (d < hd) s += qv[j] * kc[off + d];
+            if (d < hd) s += qv[j] * h2f(kc[off + d]);
         }
         s = warp_sum(s);
         const float mn = fmaxf(m, s);
@@ -62,7 +62,7 @@ extern "C" __global__ void attn_paged_partial(const float* __restrict__ q, const
 #pragma unroll
         for (int j = 0; j < ATT_MAXD; j++) {
             const int d = lane + WARP * j;
-            if (d < hd) acc[j] = acc[j] * corr + e * vc[off + d];
+            if (d < hd) acc[j] = acc[j] * corr + e * h2f(vc[off + d]);
         }
         m = mn;
     }
@@ -114,8 +114,8 @@ extern "C" __global__ void attn_reduce(const float* __restrict__ part_o, const f
 
 // Prefill: T query rows of ONE sequence (rows ascending in position), grid (H, ceil(T / ATT_PF_ROWS)),
 // blockDim ATT_PF_ROWS * 32. out (T, H * hd).
-extern "C" __global__ void attn_prefill(const float* __restrict__ q, const float* __restrict__ kc,
-                                        const float* __restrict__ vc, const int* __restrict__ q_pos,
+extern "C" __global__ void attn_prefill(const float* __restrict__ q, const u16* __restrict__ kc,
+                                        const u16* __restrict__ vc, const int* __restrict__ q_pos,
                                         const int* __restrict__ table, int block_size, int T, int H,
                                         int KVH, int hd, float scale, int window, float* __restrict__ out) {
     __shared__ float sk[ATT_PF_KEYS * ATT_MAXD * WARP];
@@ -147,8 +147,8 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, const float
         for (int i = threadIdx.x; i < nk * hd; i += blockDim.x) {
             const int kk = i / hd, d = i - kk * hd;
             const i64 off = (kv_slot(table, t0 + kk, block_size) * KVH + kh) * hd + d;
-            sk[kk * hd + d] = kc[off];
-            sv[kk * hd + d] = vc[off];
+            sk[kk * hd + d] = h2f(kc[off]);
+            sv[kk * hd + d] = h2f(vc[off]);
         }
         __syncthreads();
         if (!active) continue;

@@ -1,7 +1,8 @@
 // edgerun CUDA kernels: shared types, GGML block layouts and the per-type dequantize table.
 //
 // Compiled both by nvcc (offline checks) and by NVRTC through CuPy at run time, so this file
-// uses no host code and no standard headers: only built-in CUDA device functions.
+// uses no host code and no standard headers: only built-in CUDA device functions. The host build
+// of the emulated device (g++ with emu/cuda_emu.h included first) takes the #else branches.
 #pragma once
 
 typedef unsigned char u8;
@@ -27,9 +28,24 @@ typedef long long i64;
 #define QT_BF16 30
 
 __device__ __forceinline__ float h2f(u16 h) {
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
     float f;
     asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
     return f;
+#else
+    return emu_half_to_float(h);  // host build through native/cuda/emu/cuda_emu.h
+#endif
+}
+
+// float -> f16 bits, round to nearest even
+__device__ __forceinline__ u16 f2h(float f) {
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+    u16 h;
+    asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(h) : "f"(f));
+    return h;
+#else
+    return emu_float_to_half(f);
+#endif
 }
 
 __device__ __forceinline__ float bf2f(u16 h) { return __uint_as_float(((u32)h) << 16); }

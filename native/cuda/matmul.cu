@@ -4,7 +4,7 @@
 //   GGML block layout. One warp per output row; each lane dequantizes 16-element groups once and
 //   dots them with up to MM_BT activation rows (grid.y tiles the batch). Memory-bound matvec for
 //   decode; for large batches the backend dequantizes to f32 (dequant_<type>) and uses cuBLAS.
-// dequant_<type>(W, Y, N, K, row_bytes): Y (N, K) f32.
+// dequant_<type>(W, Y, N, K, row_bytes): Y (N, K) f32; dequant_h_<type>: the same in f16 (tensor-core GEMMs).
 // get_rows_<type>(W, ids, Y, T, K, row_bytes): Y (T, K) f32 = rows ids of W.
 #include "common.cuh"
 
@@ -42,8 +42,10 @@ __device__ __forceinline__ void mul_mat_impl(const u8* __restrict__ W, const flo
     }
 #pragma unroll
     for (int b = 0; b < MM_BT; b++) {
-        const float s = warp_sum(acc[b]);
-        if (lane == 0 && b < nb) Y[(i64)(b0 + b) * N + n] = s;
+        if (b < nb) {  // warp-uniform: only the rows this tile has are reduced
+            const float s = warp_sum(acc[b]);
+            if (lane == 0) Y[(i64)(b0 + b) * N + n] = s;
+        }
     }
 }
 
@@ -64,6 +66,22 @@ __device__ __forceinline__ void dequant_impl(const u8* __restrict__ W, float* __
         v.x = w[4 * j]; v.y = w[4 * j + 1]; v.z = w[4 * j + 2]; v.w = w[4 * j + 3];
         y[j] = v;
     }
+}
+
+// the same, to f16 (the tensor-core GEMM's input)
+template <int QT>
+__device__ __forceinline__ void dequant_h_impl(const u8* __restrict__ W, u16* __restrict__ Y, int N, int K,
+                                               i64 row_bytes) {
+    const int gpr = K >> 4;
+    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)N * gpr) return;
+    const i64 n = idx / gpr;
+    const int gi = (int)(idx - n * gpr);
+    float w[16];
+    deq_group<QT>(W + n * row_bytes, gi, w);
+    u16* y = Y + n * K + 16 * gi;
+#pragma unroll
+    for (int j = 0; j < 16; j++) y[j] = f2h(w[j]);
 }
 
 template <int QT>
@@ -88,6 +106,9 @@ __device__ __forceinline__ void get_rows_impl(const u8* __restrict__ W, const in
     }                                                                                                  \
     extern "C" __global__ void dequant_##name(const u8* W, float* Y, int N, int K, i64 row_bytes) {   \
         dequant_impl<QT>(W, Y, N, K, row_bytes);                                                      \
+    }                                                                                                  \
+    extern "C" __global__ void dequant_h_##name(const u8* W, u16* Y, int N, int K, i64 row_bytes) {   \
+        dequant_h_impl<QT>(W, Y, N, K, row_bytes);                                                    \
     }                                                                                                  \
     extern "C" __global__ void get_rows_##name(const u8* W, const int* ids, float* Y, int T, int K,   \
                                                i64 row_bytes) {                                        \
