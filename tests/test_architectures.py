@@ -103,3 +103,17 @@ def test_unsupported_rope_scaling_is_refused(tmp_path):
     path = write_arch_model(tmp_path / "m.gguf", spec)
     with pytest.raises(ModelLoadError, match="yarn"):
         Runner(path, n_ctx=64, n_threads=1)
+
+
+@pytest.mark.parametrize("spec", [SPECS[1], SPECS[4]])
+def test_gpu_placement_refuses_what_its_kernels_lack(tmp_path, monkeypatch, spec):
+    """MoE layers and RoPE factors run on the CPU only: an explicit GPU placement is refused with
+    the reason, `auto` falls back to the CPU (through the emulated device, as if a GPU were there)."""
+    from edgerun.runtime.factory import make_runner
+
+    monkeypatch.setenv("EDGERUN_CUDA", "emulate")
+    path = write_arch_model(tmp_path / "m.gguf", spec)
+    with pytest.raises(ValueError, match="not supported on the GPU"):
+        make_runner(path, placement="hybrid", vram_bytes=8 << 30, n_ctx=64)
+    r = make_runner(path, placement="auto", vram_bytes=8 << 30, n_ctx=64)
+    assert type(r).__name__ == "Runner"

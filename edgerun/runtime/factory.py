@@ -87,6 +87,17 @@ def make_runner(model: str | os.PathLike | GGUFFile, options: RunnerOptions | No
         raise
 
 
+def gpu_unsupported(gf: GGUFFile) -> str | None:
+    """Why the GPU path cannot run this file, or None: its kernels know dense FFNs and plain or
+    linear RoPE; mixture-of-experts layers and RoPE frequency factors run on the CPU only so far."""
+    arch = gf.architecture
+    if f"{arch}.expert_count" in gf.metadata:
+        return f"{arch}: mixture-of-experts layers are not supported on the GPU yet"
+    if "rope_freqs.weight" in gf.tensors:
+        return f"{arch}: RoPE frequency factors (rope_freqs.weight) are not supported on the GPU yet"
+    return None
+
+
 def _build(gf: GGUFFile, opts: RunnerOptions) -> Runner:
     kw = opts.runner_kwargs()
     if opts.placement == "cpu" and not opts.overrides:
@@ -100,6 +111,12 @@ def _build(gf: GGUFFile, opts: RunnerOptions) -> Runner:
         print("edgerun: the plan uses a GPU but CuPy/CUDA is unavailable; running on the CPU",
               file=sys.stderr)
         return Runner(gf, **kw)
+    reason = gpu_unsupported(gf)
+    if reason is not None:
+        if opts.placement == "auto" and not opts.overrides:
+            print(f"edgerun: {reason}; running on the CPU", file=sys.stderr)
+            return Runner(gf, **kw)
+        raise ValueError(f"--placement {opts.placement}: {reason} (use --placement cpu)")
     from edgerun.runtime.hybrid import HybridRunner
 
     return HybridRunner(gf, plan=plan, overlap=opts.overlap, graphs=opts.graphs, **kw)
