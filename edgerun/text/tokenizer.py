@@ -1,4 +1,4 @@
-"""Tokenizer (llama.cpp's, vocab-only) and chat templates (sandboxed jinja2)."""
+"""Tokenizer (from the GGUF vocabulary, exact to llama.cpp's ids) and chat templates (sandboxed jinja2)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgerun.quant.gguf_file import GGUFFile
+from edgerun.text.vocab import Vocab
 
 
 class ChatTemplateError(ValueError):
@@ -29,42 +30,42 @@ CHATML = (
 
 
 class Tokenizer:
-    """Exact GGUF tokenization through llama-cpp-python with `vocab_only=True`."""
+    """Tokenization from the GGUF's own vocabulary (text/vocab.py), with llama.cpp's ids."""
 
     def __init__(self, path: str | os.PathLike, gguf_file: GGUFFile | None = None) -> None:
-        import llama_cpp
-
-        self._llama = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
         md = (gguf_file or GGUFFile(path)).metadata
-        self.vocab_size = int(self._llama.n_vocab())
-        self.bos_id = int(md.get("tokenizer.ggml.bos_token_id", self._llama.token_bos()))
-        self.eos_id = int(md.get("tokenizer.ggml.eos_token_id", self._llama.token_eos()))
-        # llama.cpp's default when the key is absent: add BOS for SPM vocabularies.
-        default_bos = md.get("tokenizer.ggml.model") == "llama"
-        self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", default_bos))
+        self.vocab = Vocab(md)
+        self.vocab_size = len(self.vocab.tokens)
+        self.bos_id = self.vocab.bos_id
+        self.eos_id = self.vocab.eos_id
+        self.add_bos = self.vocab.add_bos
         self.chat_template: str | None = md.get("tokenizer.chat_template")
-        vocab = self._llama._model.vocab
-        lib = llama_cpp.llama_cpp
-        self.eos_ids: set[int] = {
-            i for i in range(self.vocab_size) if lib.llama_vocab_is_eog(vocab, i)
-        } if self.vocab_size < 1_000_000 else {self.eos_id}
-        self.eos_ids.add(self.eos_id)
+        self.eos_ids: set[int] = set(self.vocab.eog_ids)
+        if self.eos_id >= 0:
+            self.eos_ids.add(self.eos_id)
         self._bos_text = self.piece(self.bos_id) if self.bos_id >= 0 else ""
         self._eos_text = self.piece(self.eos_id) if self.eos_id >= 0 else ""
 
     def encode(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
-        """Text -> ids. `add_bos=None` follows the model's metadata."""
-        bos = self.add_bos if add_bos is None else add_bos
-        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=bos, special=special))
+        """Text -> ids, as llama.cpp's `llama_tokenize`.
+
+        `add_bos` is llama.cpp's `add_special` (the model's BOS, and EOS where its metadata
+        asks for one); `None` follows the metadata. `special` parses control-token text such as
+        `<|im_start|>` into its id; the server turns it off for user content.
+        """
+        return self.vocab.tokenize(text, self.add_bos if add_bos is None else add_bos, special)
 
     def piece_bytes(self, token_id: int) -> bytes:
-        return self._llama.detokenize([token_id], special=True)
+        """The bytes of one token, control tokens included."""
+        return self.vocab.piece(token_id, special=True)
 
     def piece(self, token_id: int) -> str:
         return self.piece_bytes(token_id).decode("utf-8", errors="replace")
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._llama.detokenize(list(ids), special=False).decode("utf-8", errors="replace")
+        """Ids -> text without control tokens (llama.cpp's `llama_detokenize`)."""
+        text = self.vocab.detokenize(ids, remove_special=False, special=False)
+        return text.decode("utf-8", errors="replace")
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
@@ -98,7 +99,7 @@ class StreamDecoder:
         self.buf = b""
 
     def push(self, token_id: int) -> str:
-        self.buf += self.tok._llama.detokenize([token_id], special=False)
+        self.buf += self.tok.vocab.piece(token_id, special=False)
         try:
             text = self.buf.decode("utf-8")
         except UnicodeDecodeError as e:
