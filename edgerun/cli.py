@@ -267,7 +267,8 @@ def _optional(module: str) -> Callable[[Any], None] | None:
 
 
 _OPTIONAL = {"bench": "edgerun.bench", "plan": "edgerun.runtime.plan_cli", "serve": "edgerun.server.app",
-             "loadtest": "edgerun.loadtest", "chat": "edgerun.tui"}
+             "loadtest": "edgerun.loadtest", "chat": "edgerun.tui",
+             "tokenize": "edgerun.cli_tokenize"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -419,3 +419,24 @@ def test_unsupported_vocabularies_are_refused(tmp_path: Path) -> None:
         Vocab({**md, "tokenizer.ggml.model": "bert"})
     with pytest.raises(VocabError, match="merges"):
         Vocab({k: v for k, v in md.items() if k != "tokenizer.ggml.merges"})
+
+
+def test_tokenize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from edgerun.cli import main
+
+    path = write_spm_vocab(tmp_path / "spm.gguf", True)
+    tok = Tokenizer(path)
+    text = "the <start_of_turn>people 123 ünï"
+    assert main(["tokenize", "-m", str(path), "-p", text, "--json"]) == 0
+    ids = json.loads(capsys.readouterr().out)["tokens"]
+    assert ids == tok.encode(text) and ids[0] == tok.bos_id
+    assert tok.vocab.token_to_id["<start_of_turn>"] in ids
+    f = tmp_path / "t.txt"
+    f.write_text(text, encoding="utf-8")
+    assert main(["tokenize", "-m", str(path), "-f", str(f), "--no-parse-special"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [int(x.split()[0]) for x in lines] == tok.encode(text, special=False)
+    assert main(["tokenize", "-m", str(path), "-f", str(tmp_path / "missing.txt")]) == 2
+    assert "file not found" in capsys.readouterr().err

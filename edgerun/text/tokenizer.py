@@ -116,3 +116,19 @@ class StreamDecoder:
         text = self.buf.decode("utf-8", errors="replace")
         self.buf = b""
         return text
+
+
+def tokenize_text(path: str | os.PathLike, text: str,
+                  parse_special: bool = True) -> tuple[Tokenizer, list[int]]:
+    """`edgerun tokenize`: the ids of `text` under the model's BOS rule (reads only the GGUF's metadata)."""
+    tok = Tokenizer(path)
+    return tok, tok.encode(text, add_bos=None, special=parse_special)
+
+
+def format_tokens(tok: Tokenizer, ids: Sequence[int], as_json: bool) -> str:
+    """`{"tokens": [...]}` with `as_json`, else one `id 'piece'` line per token."""
+    if as_json:
+        import json
+
+        return json.dumps({"tokens": list(ids)})
+    return "\n".join(f"{i:>7} {tok.piece(i)!r}" for i in ids)
