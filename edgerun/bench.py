@@ -116,12 +116,15 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
     import sys
 
     from edgerun.catalog import ModelError
     from edgerun.cli import CLIError
     from edgerun.runtime.runner import default_threads
 
+    if args.vs == "llamacpp" and importlib.util.find_spec("llama_cpp") is None:
+        raise CLIError("--vs llamacpp needs llama-cpp-python: pip install 'edgerun[reference]'")
     threads = args.threads or default_threads()
 
     def log(msg: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import random
 import sys
@@ -219,6 +220,9 @@ def _main(args: argparse.Namespace) -> int:
             raise ValueError
     except ValueError:
         print("error: --concurrency wants a comma-separated list of positive integers", file=sys.stderr)
+        return 2
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("error: --plot needs matplotlib: pip install 'edgerun[plots]'", file=sys.stderr)
         return 2
     try:
         levels = run(args.url, conc, args.requests, args.prompt_tokens, args.max_tokens, args.model,
