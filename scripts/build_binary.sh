@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build dist/edgerun, a one-file binary (PyInstaller): Python, edgerun, its native kernels and
+# the Textual CSS inside; no Python needed where it runs.
+#
+#   bash scripts/build_binary.sh                  # dist/edgerun
+#   bash scripts/build_binary.sh --with-model NAME   # the model (catalog name or .gguf path) inside
+#
+# Uses .venv (made by scripts/test.sh or `pip install -e .`); installs edgerun[binary] into it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+model=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --with-model) model=${2:?--with-model needs a model name or path}; shift 2 ;;
+        --with-model=*) model=${1#*=}; shift ;;
+        -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+        *) echo "build_binary.sh: unknown option '$1'" >&2; exit 2 ;;
+    esac
+done
+"$PY" -c "import PyInstaller" 2>/dev/null || "$PY" -m pip install -q -e '.[binary]'
+"$PY" -c "import edgerun._native" 2>/dev/null \
+    || echo "build_binary.sh: warning: native kernels not built; the binary will use the Numba kernels" >&2
+unset EDGERUN_EMBED_MODEL EDGERUN_EMBED_NAME
+if [ -n "$model" ]; then
+    path=$("$PY" -c "import sys; from edgerun.catalog import resolve_model; print(resolve_model(sys.argv[1]))" \
+           "$model")
+    export EDGERUN_EMBED_MODEL=$path
+    case "$model" in *.gguf) ;; *) export EDGERUN_EMBED_NAME=$model ;; esac
+    echo "embedding $path"
+fi
+start=$(date +%s)
+"$PY" -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller \
+    packaging/edgerun.spec
+echo "built dist/edgerun ($(du -h dist/edgerun | cut -f1)) in $(( $(date +%s) - start )) s"
