@@ -74,20 +74,23 @@ class Vocab:
             raise VocabError("the GGUF has no tokenizer.ggml.tokens")
         n = len(tokens)
         self.tokens: list[str] = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-        self.token_to_id: dict[str, int] = {}
-        for i, t in enumerate(self.tokens):
-            if self.token_to_id.setdefault(t, i) != i:
-                raise VocabError(f"duplicate token in vocabulary: {t!r} has ids "
-                                 f"{self.token_to_id[t]} and {i}")
+        self.token_to_id: dict[str, int] = dict(zip(self.tokens, range(n), strict=True))
+        if len(self.token_to_id) != n:
+            seen: dict[str, int] = {}
+            for i, t in enumerate(self.tokens):
+                if seen.setdefault(t, i) != i:
+                    raise VocabError(f"duplicate token in vocabulary: {t!r} has ids {seen[t]} and {i}")
         scores = md.get(_K + "scores")
-        self.scores: list[float] = [float(s) for s in scores[:n]] if scores is not None else [0.0] * n
+        self.scores: list[float] = ([float(s) for s in _as_list(scores[:n])] if scores is not None
+                                    else [0.0] * n)
         if len(self.scores) < n:
             raise VocabError(f"tokenizer.ggml.scores has {len(self.scores)} entries for {n} tokens")
         types = md.get(_K + "token_type")
         if types is not None and len(types) < n:
             raise VocabError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
-        self.attrs: list[int] = ([_TYPE_ATTR.get(int(t), 0) for t in types[:n]] if types is not None
-                                 else [ATTR_NORMAL] * n)
+        attr_of = [_TYPE_ATTR.get(t, 0) for t in range(8)]
+        self.attrs: list[int] = ([attr_of[t] if 0 <= t < 8 else 0 for t in _as_list(types[:n])]
+                                 if types is not None else [ATTR_NORMAL] * n)
         pre_name = md.get(_K + "pre") or "default"
         if self.kind == "bpe":
             if pre_name not in PRE_TYPES:
@@ -112,7 +115,6 @@ class Vocab:
             self.ignore_merges, self.clean_spaces = False, False
             add_bos, add_eos, self.add_space_prefix = True, False, True
             bos, eos, unk = 1, 2, 0
-            self.bytes_to_id = {t.encode("utf-8"): i for i, t in enumerate(self.tokens)}
         self.pre_name = pre_name
         self.add_space_prefix = bool(md.get(_K + "add_space_prefix", self.add_space_prefix))
 
@@ -198,7 +200,7 @@ class Vocab:
         # Longest first: a special token is never cut out of a longer one.
         self.special_ids = sorted((i for i, a in enumerate(self.attrs) if a & _SPECIAL),
                                   key=lambda i: -len(self.tokens[i]))
-        self._pieces: list[bytes] = [self._piece(i) for i in range(n)]
+        self._pieces: dict[int, bytes] = {}
         self._word_cache: dict[str, list[int]] = {}
 
     # ---- pieces -------------------------------------------------------------------------------
@@ -227,7 +229,12 @@ class Vocab:
         """Token -> bytes; with `special=False` control and unknown tokens render as nothing."""
         if not special and self.attrs[i] & (ATTR_UNKNOWN | ATTR_CONTROL):
             return b""
-        return self._pieces[i]
+        p = self._pieces.get(i)
+        if p is None:
+            if not 0 <= i < len(self.tokens):
+                raise ValueError(f"token id {i} is outside the vocabulary (0..{len(self.tokens) - 1})")
+            p = self._pieces[i] = self._piece(i)
+        return p
 
     def detokenize(self, ids: Sequence[int], remove_special: bool = False, special: bool = False) -> bytes:
         """llama_detokenize: pieces joined, the SPM prefix space removed, clean-up of spaces."""
@@ -302,7 +309,7 @@ class Vocab:
                     continue
                 if self.add_space_prefix and prev_special:
                     f = " " + f
-                self._spm(f.replace(" ", _SPACE).encode("utf-8", "surrogatepass"), out)
+                self._spm(f.replace(" ", _SPACE), out)
                 prev_special = False
         else:
             if add_special and self.add_bos:
@@ -383,33 +390,28 @@ class Vocab:
 
     # ---- SPM ----------------------------------------------------------------------------------
 
-    def _spm(self, text: bytes, out: list[int]) -> None:
-        n_bytes = len(text)
-        if not n_bytes:
+    def _spm(self, text: str, out: list[int]) -> None:
+        # llama.cpp's symbols are UTF-8 sequences, split by their lead bytes: whole characters
+        # of a valid string, so this works on characters (sizes in characters, not bytes).
+        n = len(text)
+        if not n:
             return
-        starts: list[int] = []
-        lens: list[int] = []
-        off = 0
-        while off < n_bytes:
-            ln = min(_UTF8_LEN[text[off] >> 4], n_bytes - off)
-            starts.append(off)
-            lens.append(ln)
-            off += ln
-        n = len(starts)
+        starts = list(range(n))
+        lens = [1] * n
         prv = list(range(-1, n - 1))
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
-        b2i = self.bytes_to_id
+        t2i = self.token_to_id
         scores = self.scores
         heap: list[tuple[float, int, int, int]] = []
-        rev_merge: dict[bytes, tuple[int, int]] = {}
+        rev_merge: dict[str, tuple[int, int]] = {}
 
         def try_add(left: int, right: int) -> None:
             if left < 0 or right < 0:
                 return
             size = lens[left] + lens[right]
             piece = text[starts[left] : starts[left] + size]
-            tid = b2i.get(piece)
+            tid = t2i.get(piece)
             if tid is None:
                 return
             heapq.heappush(heap, (-scores[tid], left, right, size))
@@ -434,13 +436,13 @@ class Vocab:
             while stack:  # resegment, depth-first, left part first
                 s = stack.pop()
                 piece = text[starts[s] : starts[s] + lens[s]]
-                tid = b2i.get(piece)
+                tid = t2i.get(piece)
                 if tid is not None:
                     out.append(tid)
                     continue
                 pair = rev_merge.get(piece)
                 if pair is None:
-                    for b in piece:
+                    for b in piece.encode("utf-8", "surrogatepass"):
                         out.append(self._byte_token(b))
                     continue
                 stack.append(pair[1])
@@ -457,7 +459,11 @@ class Vocab:
         return tid
 
 
-_UTF8_LEN = (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4)
+
+
+def _as_list(a: Any) -> list[Any]:
+    return a.tolist() if hasattr(a, "tolist") else list(a)
+
 _C_SPACES = " \t\n\v\f\r"
 
 
