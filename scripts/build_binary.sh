@@ -3,7 +3,8 @@
 # the Textual CSS inside; no Python needed where it runs.
 #
 #   bash scripts/build_binary.sh                  # dist/edgerun
-#   bash scripts/build_binary.sh --with-model NAME   # the model (catalog name or .gguf path) inside
+#   bash scripts/build_binary.sh --with-model NAME   # dist/edgerun-NAME, the model (catalog name
+#                                                    # or .gguf path) inside, the default -m
 #
 # Uses .venv (made by scripts/test.sh or `pip install -e .`); installs edgerun[binary] into it.
 set -euo pipefail
@@ -14,7 +15,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --with-model) model=${2:?--with-model needs a model name or path}; shift 2 ;;
         --with-model=*) model=${1#*=}; shift ;;
-        -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,9p "$0"; exit 0 ;;
         *) echo "build_binary.sh: unknown option '$1'" >&2; exit 2 ;;
     esac
 done
@@ -22,14 +23,16 @@ done
 "$PY" -c "import edgerun._native" 2>/dev/null \
     || echo "build_binary.sh: warning: native kernels not built; the binary will use the Numba kernels" >&2
 unset EDGERUN_EMBED_MODEL EDGERUN_EMBED_NAME
+export EDGERUN_BINARY_NAME=edgerun
 if [ -n "$model" ]; then
     path=$("$PY" -c "import sys; from edgerun.catalog import resolve_model; print(resolve_model(sys.argv[1]))" \
            "$model")
     export EDGERUN_EMBED_MODEL=$path
+    EDGERUN_BINARY_NAME=edgerun-$(basename "$model" .gguf)
     case "$model" in *.gguf) ;; *) export EDGERUN_EMBED_NAME=$model ;; esac
     echo "embedding $path"
 fi
 start=$(date +%s)
 "$PY" -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller \
     packaging/edgerun.spec
-echo "built dist/edgerun ($(du -h dist/edgerun | cut -f1)) in $(( $(date +%s) - start )) s"
+echo "built dist/$EDGERUN_BINARY_NAME ($(du -h "dist/$EDGERUN_BINARY_NAME" | cut -f1)) in $(( $(date +%s) - start )) s"

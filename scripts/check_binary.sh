@@ -77,8 +77,9 @@ for _ in $(seq 1 600); do
 done
 [ -s "$tmp/health.json" ] || { cat "$tmp/serve.log"; echo "FAIL: /health" >&2; exit 1; }
 echo "serve /health: $(cat "$tmp/health.json")"
-curl -sfN "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
-    -d '{"model": "m", "messages": [{"role": "user", "content": "Say hi"}], "stream": true, "max_tokens": 8}' \
+served=$("$VENV_PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['model'])" "$tmp/health.json")
+curl -sN "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d "{\"model\": \"$served\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hi\"}], \"stream\": true, \"max_tokens\": 8}" \
     > "$tmp/stream.txt"
 grep -q '^data: {' "$tmp/stream.txt" && grep -q '^data: \[DONE\]' "$tmp/stream.txt" \
     || { cat "$tmp/stream.txt"; echo "FAIL: streamed chat completion" >&2; exit 1; }
