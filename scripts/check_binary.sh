@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BIN=$ROOT/dist/edgerun
+BIN=${EDGERUN_BIN:-$ROOT/dist/edgerun}  # EDGERUN_BIN=dist/edgerun-slim checks another build
 VENV_PY=${DEV_PY:-$ROOT/.venv/bin/python}
 [ -x "$BIN" ] || { echo "FAIL: $BIN not built (bash scripts/build_binary.sh)" >&2; exit 1; }
 tmp=$(mktemp -d)
