@@ -26,10 +26,14 @@ def register(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; progress on stderr, the table (or JSON) on stdout."""
+    import importlib.util
+
     from edgerun.bench import format_table, run_bench
     from edgerun.catalog import ModelError
     from edgerun.runtime.runner import default_threads
 
+    if args.vs == "llamacpp" and importlib.util.find_spec("llama_cpp") is None:
+        raise CLIError("--vs llamacpp needs llama-cpp-python: pip install 'edgerun[reference]'")
     threads = args.threads or default_threads()
 
     def log(msg: str) -> None:

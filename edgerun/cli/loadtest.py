@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from edgerun.cli.args import add, positive_int, positive_int_list
+from edgerun.cli.args import CLIError, add, positive_int, positive_int_list
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
@@ -31,11 +31,15 @@ def register(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Sweep the levels; exit 1 when the server cannot be reached or every request failed."""
+    import importlib.util
+
     import httpx
 
     from edgerun.loadtest import format_table, plot
     from edgerun.loadtest import run as sweep
 
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise CLIError("--plot needs matplotlib: pip install 'edgerun[plots]'")
     try:
         levels = sweep(args.url, args.concurrency, args.requests, args.prompt_tokens, args.max_tokens,
                        args.model, args.api_key)

@@ -17,7 +17,8 @@ from typing import Any
 from edgerun.cli.args import CLIError, Parser
 
 #: subcommand modules under edgerun.cli, in --help order
-COMMANDS = ("chat", "run", "serve", "loadtest", "perplexity", "bench", "plan", "inspect", "pull", "list")
+COMMANDS = ("chat", "run", "serve", "loadtest", "perplexity", "bench", "plan", "inspect", "tokenize", "pull",
+            "list")
 
 #: third-party packages that come with an extra rather than the base install
 _EXTRAS = {"cupy": "cuda", "cupy_backends": "cuda", "pytest": "test", "openai": "test"}

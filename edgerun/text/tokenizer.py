@@ -1,4 +1,4 @@
-"""Tokenizer (llama.cpp's, vocab-only) and chat templates (sandboxed jinja2)."""
+"""Tokenizer (from the GGUF vocabulary, exact to llama.cpp's ids) and chat templates (sandboxed jinja2)."""
 
 from __future__ import annotations
 
@@ -14,72 +14,50 @@ from edgerun.text.templates import (
     encode_conversation,
     load_chat_template,
 )
+from edgerun.text.vocab import Vocab
 
 __all__ = ["CHATML", "ChatTemplateError", "StreamDecoder", "Tokenizer"]
 
 
-class _NoChatHandler:
-    """Stands in for llama-cpp-python's Jinja2ChatFormatter while the vocabulary loads: that one
-    compiles the GGUF's template unsandboxed-by-budget and throws on a broken one, and edgerun
-    renders templates itself (text/templates.py)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def to_chat_handler(self) -> None:
-        return None
-
-
-def _load_vocab(llama_cpp: Any, path: str) -> Any:
-    from llama_cpp import llama as llama_mod
-
-    saved = llama_mod.llama_chat_format.Jinja2ChatFormatter
-    llama_mod.llama_chat_format.Jinja2ChatFormatter = _NoChatHandler
-    try:
-        return llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
-    finally:
-        llama_mod.llama_chat_format.Jinja2ChatFormatter = saved
-
-
 class Tokenizer:
-    """Exact GGUF tokenization through llama-cpp-python with `vocab_only=True`."""
+    """Tokenization from the GGUF's own vocabulary (text/vocab.py), with llama.cpp's ids."""
 
     def __init__(self, path: str | os.PathLike, gguf_file: GGUFFile | None = None) -> None:
-        import llama_cpp
-
-        self._llama = _load_vocab(llama_cpp, str(path))
         md = (gguf_file or GGUFFile(path)).metadata
-        self.vocab_size = int(self._llama.n_vocab())
-        self.bos_id = int(md.get("tokenizer.ggml.bos_token_id", self._llama.token_bos()))
-        self.eos_id = int(md.get("tokenizer.ggml.eos_token_id", self._llama.token_eos()))
-        # llama.cpp's default when the key is absent: add BOS for SPM vocabularies.
-        default_bos = md.get("tokenizer.ggml.model") == "llama"
-        self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", default_bos))
+        self.vocab = Vocab(md)
+        self.vocab_size = len(self.vocab.tokens)
+        self.bos_id = self.vocab.bos_id
+        self.eos_id = self.vocab.eos_id
+        self.add_bos = self.vocab.add_bos
         self.chat_template: str | None = md.get("tokenizer.chat_template")
-        vocab = self._llama._model.vocab
-        lib = llama_cpp.llama_cpp
-        self.eos_ids: set[int] = {
-            i for i in range(self.vocab_size) if lib.llama_vocab_is_eog(vocab, i)
-        } if self.vocab_size < 1_000_000 else {self.eos_id}
-        self.eos_ids.add(self.eos_id)
+        self.eos_ids: set[int] = set(self.vocab.eog_ids)
+        if self.eos_id >= 0:
+            self.eos_ids.add(self.eos_id)
         self._bos_text = self.piece(self.bos_id) if self.bos_id >= 0 else ""
         self._eos_text = self.piece(self.eos_id) if self.eos_id >= 0 else ""
         self.chat = load_chat_template(self.chat_template, self._bos_text, self._eos_text,
                                        os.path.basename(os.fspath(path)))
 
     def encode(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
-        """Text -> ids. `add_bos=None` follows the model's metadata."""
-        bos = self.add_bos if add_bos is None else add_bos
-        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=bos, special=special))
+        """Text -> ids, as llama.cpp's `llama_tokenize`.
+
+        `add_bos` is llama.cpp's `add_special` (the model's BOS, and EOS where its metadata
+        asks for one); `None` follows the metadata. `special` parses control-token text such as
+        `<|im_start|>` into its id; the server turns it off for user content.
+        """
+        return self.vocab.tokenize(text, self.add_bos if add_bos is None else add_bos, special)
 
     def piece_bytes(self, token_id: int) -> bytes:
-        return self._llama.detokenize([token_id], special=True)
+        """The bytes of one token, control tokens included."""
+        return self.vocab.piece(token_id, special=True)
 
     def piece(self, token_id: int) -> str:
         return self.piece_bytes(token_id).decode("utf-8", errors="replace")
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._llama.detokenize(list(ids), special=False).decode("utf-8", errors="replace")
+        """Ids -> text without control tokens (llama.cpp's `llama_detokenize`)."""
+        text = self.vocab.detokenize(ids, remove_special=False, special=False)
+        return text.decode("utf-8", errors="replace")
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
@@ -104,7 +82,7 @@ class StreamDecoder:
         self.buf = b""
 
     def push(self, token_id: int) -> str:
-        self.buf += self.tok._llama.detokenize([token_id], special=False)
+        self.buf += self.tok.vocab.piece(token_id, special=False)
         try:
             text = self.buf.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -121,3 +99,19 @@ class StreamDecoder:
         text = self.buf.decode("utf-8", errors="replace")
         self.buf = b""
         return text
+
+
+def tokenize_text(path: str | os.PathLike, text: str,
+                  parse_special: bool = True) -> tuple[Tokenizer, list[int]]:
+    """`edgerun tokenize`: the ids of `text` under the model's BOS rule (reads only the GGUF's metadata)."""
+    tok = Tokenizer(path)
+    return tok, tok.encode(text, add_bos=None, special=parse_special)
+
+
+def format_tokens(tok: Tokenizer, ids: Sequence[int], as_json: bool) -> str:
+    """`{"tokens": [...]}` with `as_json`, else one `id 'piece'` line per token."""
+    if as_json:
+        import json
+
+        return json.dumps({"tokens": list(ids)})
+    return "\n".join(f"{i:>7} {tok.piece(i)!r}" for i in ids)
