@@ -199,7 +199,8 @@ const act_t *act_offset_variant(int off_shift, const act_t *A, int B, int K, act
 /* ------------------------------------------------------------------ kernel families */
 
 /* one weight row -> w (int8 K), wl (K/4 lane scales), mw (K/16 additive terms):
- * value[i] = w[i] * wl[i/4] + mw[i/16]; returns 1 when mw is used */
+ * value[i] = w[i] * wl[i/4] + mw[i/16]; returns 1 when mw is used. The GEMM reads one lane scale
+ * per gemm_group values and one additive term per 32 (mw[2j] == mw[2j+1]): a decoder must repeat them so. */
 typedef int (*decode_fn)(const uint8_t *row, int K, int8_t *w, float *wl, float *mw);
 /* a decoded row against nr <= 4 q8_0 activation rows b..b+nr-1: res[r] */
 typedef void (*dot_decoded_fn)(const int8_t *w, const float *wl, const float *mw, int K, const act_t *A, int b, int nr,

@@ -60,6 +60,7 @@ ER_API int64_t er_layer_size(void) { return (int64_t)sizeof(er_layer_t); }
 static int layers_impl(const er_layer_t *L, int n_layers, void *const *kc, void *const *vc, int kv_f16, float *x,
                        int T, int D, float eps, const int32_t *pos, const int64_t *write_slots, const int32_t *tok_seq,
                        const int64_t *read_slots, const int64_t *read_off, int max_ctx) {
+    if (n_layers < 0 || (n_layers > 0 && !L) || T < 0 || D <= 0) return ER_E_INVALID;
     float *h = amalloc(sizeof(float) * (size_t)T * D);
     if (!h) return ER_E_NOMEM;
     int rc = 0;
@@ -95,6 +96,7 @@ static int step_impl(const er_layer_t *L, int n_layers, void *const *kc, void *c
                      const int64_t *read_slots, const int64_t *read_off, int max_ctx, int qt_emb, const void *emb,
                      int64_t rb_emb, const int64_t *tokens, float embed_scale, const float *out_norm, int qt_out,
                      const void *w_out, int64_t rb_out, int n_vocab, const int64_t *sel, int n_sel, float *logits) {
+    if (n_sel < 0 || (n_sel > 0 && !sel) || T < 0 || D <= 0) return ER_E_INVALID;
     float *x = amalloc(sizeof(float) * (size_t)T * D);
     float *h = amalloc(sizeof(float) * (size_t)(n_sel > 0 ? n_sel : 1) * D);
     int rc = 0;

@@ -302,7 +302,7 @@ AI __m128i kscales_sse(const uint8_t *p12) {
         kb[r] = A->kb + (size_t)(b + r) * (K / 16);                     \
     }
 
-AI void fa_q45_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+AI void fused_q45_K_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FA_SETUP();
     const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const __m256i m0f = _mm256_set1_epi8(15), h16 = _mm256_set1_epi8(16);
@@ -353,7 +353,7 @@ static const uint8_t IDX_Q6K_A2[8][16] = {
     {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
     {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
 
-AI void fa_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+AI void fused_q6_K_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FA_SETUP();
     (void)macc;
     const block_q6_K *bk = (const block_q6_K *)row;
@@ -408,12 +408,12 @@ AI void fa_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float
         }                                                                                       \
     }
 
-FA_WRAP(fused_q4_K_q8_K_avx2, fa_q45_nr(0, row, K, A, b, NR_, res))
-FA_WRAP(fused_q5_K_q8_K_avx2, fa_q45_nr(1, row, K, A, b, NR_, res))
-FA_WRAP(fused_q6_K_q8_K_avx2, fa_q6_nr(row, K, A, b, NR_, res))
+FA_WRAP(fused_q4_K_q8_K_avx2, fused_q45_K_nr(0, row, K, A, b, NR_, res))
+FA_WRAP(fused_q5_K_q8_K_avx2, fused_q45_K_nr(1, row, K, A, b, NR_, res))
+FA_WRAP(fused_q6_K_q8_K_avx2, fused_q6_K_nr(row, K, A, b, NR_, res))
 
 /* legacy Q4_0 / Q8_0 on AVX2: per-32 activations, one float FMA per block */
-AI void fa_q4q8_0_nr(int eight, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+AI void fused_q4q8_0_nr(int eight, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     const int nb = K / 32;
     __m256 acc[4], acc2[4];
     float off[4];
@@ -455,8 +455,8 @@ AI void fa_q4q8_0_nr(int eight, const uint8_t *row, int K, const act_t *A, int b
     for (int r = 0; r < NR; r++) res[r] += hsum256(_mm256_add_ps(acc[r], acc2[r])) - 8.f * off[r];
 }
 
-FA_WRAP(fused_q4_0_q8_0_avx2, fa_q4q8_0_nr(0, row, K, A, b, NR_, res))
-FA_WRAP(fused_q8_0_q8_0_avx2, fa_q4q8_0_nr(1, row, K, A, b, NR_, res))
+FA_WRAP(fused_q4_0_q8_0_avx2, fused_q4q8_0_nr(0, row, K, A, b, NR_, res))
+FA_WRAP(fused_q8_0_q8_0_avx2, fused_q4q8_0_nr(1, row, K, A, b, NR_, res))
 
 /* ---- attention: 8 positions per reduction tree, head_dim = 8 * NV ---- */
 

@@ -148,7 +148,7 @@ static void dot_decoded_q8_0_avx512(const int8_t *w, const float *wl, const floa
     }
 }
 
-/* ---- fused AVX-512 VNNI kernels: decode blocks in registers, dot with up to 4 activation rows ---- */
+/* ---- fused row kernels: decode blocks in registers, dot with up to ER_V512_NR (8) activation rows ---- */
 
 
 #define FZ_SETUP()                                                      \
@@ -257,7 +257,7 @@ AI __m512i q45_pair(const q45_dec_t *d, const uint8_t *p0, int two, __m512 *s) {
 }
 
 /* Q4_0 / Q5_0: two blocks per zmm, two accumulator sets to hide FMA latency */
-AI void fz_q4q5_0_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+AI void fused_q4q5_0_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FZ_SETUP();
     __m512 acc2[ER_V512_NR];
     for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
@@ -282,7 +282,7 @@ AI void fz_q4q5_0_nr(int five, const uint8_t *row, int K, const act_t *A, int b,
     FZ_FINISH();
 }
 
-AI void fz_q8_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+AI void fused_q8_0_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FZ_SETUP();
     __m512 acc2[ER_V512_NR];
     for (int r = 0; r < NR; r++) acc2[r] = _mm512_setzero_ps();
@@ -353,7 +353,7 @@ static const uint16_t IDX_Q6K_SC[4][32] = {
     {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13,
      14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
 
-AI void fk_q45_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+AI void fused_q45_K_nr(int five, const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FK_SETUP();
     const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16);
@@ -405,7 +405,7 @@ AI void fk_q45_nr(int five, const uint8_t *row, int K, const act_t *A, int b, in
     for (int r = 0; r < NR; r++) res[r] += _mm512_reduce_add_ps(facc[r]) - hsum256(macc[r]);
 }
 
-AI void fk_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
+AI void fused_q6_K_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float *res) {
     FK_SETUP();
     (void)macc;
     const block_q6_K *bk = (const block_q6_K *)row;
@@ -464,17 +464,18 @@ AI void fk_q6_nr(const uint8_t *row, int K, const act_t *A, int b, int NR, float
         }                                                                                       \
     }
 
-FZ_WRAP(fused_q4_0_q8_0_avx512, fz_q4q5_0_nr(0, row, K, A, b, NR_, res))
-FZ_WRAP(fused_q5_0_q8_0_avx512, fz_q4q5_0_nr(1, row, K, A, b, NR_, res))
-FZ_WRAP(fused_q8_0_q8_0_avx512, fz_q8_0_nr(row, K, A, b, NR_, res))
-FZ_WRAP(fused_q4_K_q8_K_avx512, fk_q45_nr(0, row, K, A, b, NR_, res))
-FZ_WRAP(fused_q5_K_q8_K_avx512, fk_q45_nr(1, row, K, A, b, NR_, res))
-FZ_WRAP(fused_q6_K_q8_K_avx512, fk_q6_nr(row, K, A, b, NR_, res))
+FZ_WRAP(fused_q4_0_q8_0_avx512, fused_q4q5_0_nr(0, row, K, A, b, NR_, res))
+FZ_WRAP(fused_q5_0_q8_0_avx512, fused_q4q5_0_nr(1, row, K, A, b, NR_, res))
+FZ_WRAP(fused_q8_0_q8_0_avx512, fused_q8_0_nr(row, K, A, b, NR_, res))
+FZ_WRAP(fused_q4_K_q8_K_avx512, fused_q45_K_nr(0, row, K, A, b, NR_, res))
+FZ_WRAP(fused_q5_K_q8_K_avx512, fused_q45_K_nr(1, row, K, A, b, NR_, res))
+FZ_WRAP(fused_q6_K_q8_K_avx512, fused_q6_K_nr(row, K, A, b, NR_, res))
 
 /* ---- B = 1 (decode) K-quant kernels over NW (<= 4) weight rows per pass: the activation loads are
  * shared by the rows, the rows give independent dependency chains, and the NW horizontal sums are
  * done together with one transposed-add tree (short rows, e.g. K = 1536, are dominated otherwise by
- * the per-row reduction and setup). Same integer products and per-block float scaling as fk_*_nr. */
+ * the per-row reduction and setup). Same integer products and per-block float scaling as
+ * fused_q45_K_nr / fused_q6_K_nr. */
 
 AI __m128 hsum4x16(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
     const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(v0, v1), _mm512_unpackhi_ps(v0, v1));
@@ -485,7 +486,7 @@ AI __m128 hsum4x16(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-AI void fw_store(const __m512 *facc, int NW, float *out) {
+AI void pass_store(const __m512 *facc, int NW, float *out) {
     const __m512 z = _mm512_setzero_ps();
     const __m128 s = hsum4x16(facc[0], NW > 1 ? facc[1] : z, NW > 2 ? facc[2] : z, NW > 3 ? facc[3] : z);
     if (NW == 4) _mm_storeu_ps(out, s);
@@ -494,11 +495,11 @@ AI void fw_store(const __m512 *facc, int NW, float *out) {
 
 /* prefetch: a pass reads [W, W + NW*rb) at NW blocks per step; block v of step i prefetches the
  * matching bytes of the next pass, W + NW*rb + (i*NW + v)*bsz, one linear stream one pass ahead */
-AI const char *fw_pfp(const uint8_t *W, int64_t rb, int NW, int i, int v, size_t bsz) {
+AI const char *pass_prefetch_at(const uint8_t *W, int64_t rb, int NW, int i, int v, size_t bsz) {
     return (const char *)W + NW * rb + ((size_t)i * NW + v) * bsz;
 }
 
-AI void fw_q45(int five, const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float *out) {
+AI void pass_q45_K(int five, const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float *out) {
     const int nb = K / 256;
     const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const __m512i m0f = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16);
@@ -515,7 +516,7 @@ AI void fw_q45(int five, const uint8_t *W, int64_t rb, int NW, int K, const act_
         const float da = A->kd[i];
         for (int v = 0; v < NW; v++) {
             const uint8_t *blk = W + v * rb + (size_t)i * bsz;
-            const char *pp = fw_pfp(W, rb, NW, i, v, bsz);
+            const char *pp = pass_prefetch_at(W, rb, NW, i, v, bsz);
             _mm_prefetch(pp, _MM_HINT_T0);
             _mm_prefetch(pp + 64, _MM_HINT_T0);
             _mm_prefetch(pp + 128, _MM_HINT_T0);
@@ -548,10 +549,10 @@ AI void fw_q45(int five, const uint8_t *W, int64_t rb, int NW, int K, const act_
         }
     }
     for (int v = 0; v < NW; v++) facc[v] = _mm512_sub_ps(facc[v], _mm512_insertf32x8(_mm512_setzero_ps(), macc[v], 0));
-    fw_store(facc, NW, out);
+    pass_store(facc, NW, out);
 }
 
-AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float *out) {
+AI void pass_q6_K(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float *out) {
     const int nb = K / 256;
     const __m512i m0f = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
     const __m512i shA = _mm512_setr_epi64(0x0004000400040004LL, 0x0004000400040004LL, 0x0004000400040004LL,
@@ -568,7 +569,7 @@ AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float
         const float da = A->kd[i];
         for (int v = 0; v < NW; v++) {
             const block_q6_K *bk = (const block_q6_K *)(W + v * rb) + i;
-            const char *pp = fw_pfp(W, rb, NW, i, v, sizeof(block_q6_K));
+            const char *pp = pass_prefetch_at(W, rb, NW, i, v, sizeof(block_q6_K));
             _mm_prefetch(pp, _MM_HINT_T0);
             _mm_prefetch(pp + 64, _MM_HINT_T0);
             _mm_prefetch(pp + 128, _MM_HINT_T0);
@@ -592,7 +593,7 @@ AI void fw_q6(const uint8_t *W, int64_t rb, int NW, int K, const act_t *A, float
             facc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * da), facc[v]);
         }
     }
-    fw_store(facc, NW, out);
+    pass_store(facc, NW, out);
 }
 
 /* ---- B = 1 or 2, legacy types, NW weight rows per pass: each pair of 32-blocks loads its
@@ -608,7 +609,7 @@ AI __m512i q8_pair(const uint8_t *p0, int two, __m512i is, __m512i x80, __m512 *
 }
 
 /* qt one of Q4_0, Q5_0, Q8_0; NR activation rows (1 or 2); out row r at out + r * ldy */
-AI void fw_legacy(int qt, const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, const int NR,
+AI void pass_legacy(int qt, const uint8_t *W, int64_t rb, const int NW, int K, const act_t *A, const int NR,
                          int64_t ldy, float *out) {
     const q45_dec_t d = q45_dec(qt == ER_Q5_0);
     const int bs = qt == ER_Q8_0 ? 34 : d.bs, nb = K / 32;
@@ -630,7 +631,7 @@ AI void fw_legacy(int qt, const uint8_t *W, int64_t rb, const int NW, int K, con
         }
         for (int v = 0; v < NW; v++) {
             const uint8_t *p0 = W + v * rb + (size_t)i * bs;
-            const char *pp = fw_pfp(W, rb, NW, i / 2, v, 2 * (size_t)bs);
+            const char *pp = pass_prefetch_at(W, rb, NW, i / 2, v, 2 * (size_t)bs);
             _mm_prefetch(pp, _MM_HINT_T0);
             if (2 * bs > 64) _mm_prefetch(pp + 64, _MM_HINT_T0);
             __m512 s;
@@ -640,7 +641,7 @@ AI void fw_legacy(int qt, const uint8_t *W, int64_t rb, const int NW, int K, con
                                             _mm512_mul_ps(s, xs[r]), acc[r][v]);
         }
     }
-    for (int r = 0; r < NR; r++) fw_store(acc[r], NW, out + r * ldy);
+    for (int r = 0; r < NR; r++) pass_store(acc[r], NW, out + r * ldy);
 }
 
 /* the legacy-type pass kernels with NW and NR as constants */
@@ -648,14 +649,14 @@ AI void fw_legacy(int qt, const uint8_t *W, int64_t rb, const int NW, int K, con
     static void name(const uint8_t *W, int64_t rb, int nw, int K, const act_t *A, int nr, int64_t ldy,  \
                             float *out) {                                                                      \
         switch (nr > 1 ? 4 + nw : nw) {                                                                        \
-        case 1: fw_legacy(qt, W, rb, 1, K, A, 1, ldy, out); break;                                             \
-        case 2: fw_legacy(qt, W, rb, 2, K, A, 1, ldy, out); break;                                             \
-        case 3: fw_legacy(qt, W, rb, 3, K, A, 1, ldy, out); break;                                             \
-        case 4: fw_legacy(qt, W, rb, 4, K, A, 1, ldy, out); break;                                             \
-        case 5: fw_legacy(qt, W, rb, 1, K, A, 2, ldy, out); break;                                             \
-        case 6: fw_legacy(qt, W, rb, 2, K, A, 2, ldy, out); break;                                             \
-        case 7: fw_legacy(qt, W, rb, 3, K, A, 2, ldy, out); break;                                             \
-        default: fw_legacy(qt, W, rb, 4, K, A, 2, ldy, out); break;                                            \
+        case 1: pass_legacy(qt, W, rb, 1, K, A, 1, ldy, out); break;                                             \
+        case 2: pass_legacy(qt, W, rb, 2, K, A, 1, ldy, out); break;                                             \
+        case 3: pass_legacy(qt, W, rb, 3, K, A, 1, ldy, out); break;                                             \
+        case 4: pass_legacy(qt, W, rb, 4, K, A, 1, ldy, out); break;                                             \
+        case 5: pass_legacy(qt, W, rb, 1, K, A, 2, ldy, out); break;                                             \
+        case 6: pass_legacy(qt, W, rb, 2, K, A, 2, ldy, out); break;                                             \
+        case 7: pass_legacy(qt, W, rb, 3, K, A, 2, ldy, out); break;                                             \
+        default: pass_legacy(qt, W, rb, 4, K, A, 2, ldy, out); break;                                            \
         }                                                                                                      \
     }
 FWL_WRAP(pass_q4_0_q8_0_avx512, ER_Q4_0)
@@ -674,9 +675,9 @@ FWL_WRAP(pass_q8_0_q8_0_avx512, ER_Q8_0)
         }                                                                                          \
     }
 
-FW_WRAP(pass_q4_K_q8_K_avx512, fw_q45(0, W, rb, NW_, K, A, out))
-FW_WRAP(pass_q5_K_q8_K_avx512, fw_q45(1, W, rb, NW_, K, A, out))
-FW_WRAP(pass_q6_K_q8_K_avx512, fw_q6(W, rb, NW_, K, A, out))
+FW_WRAP(pass_q4_K_q8_K_avx512, pass_q45_K(0, W, rb, NW_, K, A, out))
+FW_WRAP(pass_q5_K_q8_K_avx512, pass_q45_K(1, W, rb, NW_, K, A, out))
+FW_WRAP(pass_q6_K_q8_K_avx512, pass_q6_K(W, rb, NW_, K, A, out))
 
 /* ---------------------------------------------------------- float dot products */
 
