@@ -7,18 +7,23 @@
 - Every internal header compiles alone and defines no symbol: none is a code fragment that needs
   statics from the file including it.
 - Entry points that can fail return the er_status codes of include/edgerun.h.
+- The C side's block sizes and kernel-table rows are gguf's (the ids themselves: test_type_ids.py).
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from edgerun.quant.traits import TRAITS
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = ROOT / "native"
@@ -202,3 +207,31 @@ def test_status_codes() -> None:
         lib.er_tiles_add(w.ctypes.data, 3, 16, 64, 40, w.ctypes.data) == ER_E_UNSUPPORTED
     )  # Q4_1: no layout
     assert lib.er_tiles_remove(w.ctypes.data) == ER_E_INVALID  # never registered
+
+
+def test_c_block_sizes_match_gguf() -> None:
+    """blocks.h's static_assert'ed block sizes and dispatch.c's values per block are gguf's."""
+    blocks = (NATIVE / "blocks.h").read_text()
+    sizes = {name.upper(): int(n) for name, n in re.findall(r"sizeof\(block_(\w+)\)\s*==\s*(\d+)", blocks)}
+    assert sizes
+    for name, nbytes in sizes.items():
+        qt = GGMLQuantizationType[name]
+        assert GGML_QUANT_SIZES[qt][1] == nbytes, name
+        assert TRAITS[qt].type_size == nbytes, name
+    consts = {"ER_QK": 32, "ER_QKK": 256, "1": 1}
+    for m in re.finditer(r"#define (ER_QKK?) (\d+)", blocks):
+        assert consts[m.group(1)] == int(m.group(2))
+    table = (NATIVE / "dispatch.c").read_text()
+    rows = re.findall(r"\{\.id = ER_(\w+), \.block = (\w+)", table)
+    assert {GGMLQuantizationType[n].value for n, _ in rows} == {int(q) for q in TRAITS}
+    for name, block in rows:
+        qt = GGMLQuantizationType[name]
+        assert consts[block] == GGML_QUANT_SIZES[qt][0] == TRAITS[qt].block_size, name
+
+
+def test_library_supports_exactly_the_traits_types() -> None:
+    """The built library's er_supports agrees with the traits table (and refuses other ids)."""
+    lib = _installed()
+    known = {int(q) for q in TRAITS}
+    for qt in range(-1, 45):
+        assert bool(lib.er_supports(qt)) == (qt in known), qt
