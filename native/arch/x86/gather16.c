@@ -1,26 +1,27 @@
-/* Small-batch (2..8 activation rows) kernels for the legacy block types Q4_0, Q5_0 and Q8_0 with
- * AVX-512 VNNI: 16 weight rows per tile, one output row per lane.
+/*
+ * edgerun native kernels: gather16, the small-batch (2..8 activation rows) kernels for the legacy
+ * block types Q4_0, Q5_0 and Q8_0 with AVX-512 VNNI + BITALG: 16 weight rows per tile, one output
+ * row per lane, read straight from the on-disk rows (the repacked copy, repack.c, is the faster
+ * variant for matrices that have one).
  *
  * The row-major fused kernels put 64 consecutive values of one weight row in a vector; every
  * activation row then pays its own scale loads, offset loads and float conversion per 64 values,
- * about 7 instructions per 64 multiply-adds. Here a tile decodes block b of 16 weight rows once and
+ * about 7 instructions per 64 multiply-adds. Here a tile gathers block b of 16 weight rows once and
  * transposes it so that vector j holds values 4j..4j+3 of each of the 16 rows; each activation row
  * then needs 8 VNNI instructions with a broadcast 4-byte activation group, one conversion and two
  * float operations per 512 multiply-adds. Weights enter as unsigned u = value + off (off = 8, 16,
  * 128); the integer accumulator starts at -off * (sum of the activation block), so it holds the
  * exact signed dot product of the block before the float scaling.
- *
- * Included by edgerun_kernels.c; uses its block structs, act_t and the AVX-512 helpers. */
+ */
+#if defined(__x86_64__) && !defined(ER_NO_X86)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx512bitalg,avx2,fma,f16c")
 
-#ifdef ER_X86
+#include "tile_dot.h"
 
 /* lane L of a tile vector holds tile row TILE_ROW[L] (the 4x4 transposes below leave them so) */
 static const int32_t TILE_ROW[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
-
-#define T_TILE __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx512bitalg,avx2,fma,f16c")))
-
 /* 16 rows x 16 bytes at p + TILE_ROW-ordered row offsets -> v[j] = dword j of every row (j < 4) */
-T_TILE AI void tile_t4(const uint8_t *p, int64_t rb, __m512i *v) {
+AI void tile_t4(const uint8_t *p, int64_t rb, __m512i *v) {
     __m512i z[4];
     for (int g = 0; g < 4; g++) {
         __m512i t = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + (4 * g + 0) * rb)));
@@ -49,30 +50,9 @@ static void q5_sel_init(void) {
     }
 }
 
-/* Block b of a 16-row tile against B activation rows: w[8] hold its 16 x 32 weights as unsigned
- * bytes (value + off), dw its 16 scales; facc[r] += the scaled products of row r. The integer
- * accumulator starts at -off * (sum of the activation block), so it holds the exact signed dot
- * product before the float scaling. Shared by tile16_b and the batch tiles (tiles.h). */
-T_V512 AI void tile_rows(const __m512i *w, __m512 dw, const int8_t *aq, const float *al, const int32_t *sq, int K,
-                         int b, int off, const int B, __m512 *facc) {
-    const int nb = K / 32;
-#pragma GCC unroll 8
-    for (int r = 0; r < B; r++) {
-        const int8_t *q = aq + (size_t)r * K + 32 * b;
-        __m512i acc = _mm512_set1_epi32(-off * sq[(size_t)r * nb + b]);
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) {
-            int32_t a4;
-            memcpy(&a4, q + 4 * j, 4);
-            acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(a4));
-        }
-        const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(al[(size_t)r * K / 4 + 8 * b]));
-        facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), sc, facc[r]);
-    }
-}
 
 /* One tile: rows n0..n0+15 of W (type qt), B <= 8 activation rows, y[r * N + n0 + i]. */
-T_TILE AI void tile16_b(int qt, const uint8_t *W, int64_t rb, int N, int K, const act_t *A, const int32_t *sq,
+AI void gather16_b(int qt, const uint8_t *W, int64_t rb, int N, int K, const act_t *A, const int32_t *sq,
                         const int B, float *y, int n0) {
     const int nb = K / 32;
     const int bs = qt == ER_Q4_0 ? 18 : qt == ER_Q5_0 ? 22 : 34;
@@ -121,18 +101,35 @@ T_TILE AI void tile16_b(int qt, const uint8_t *W, int64_t rb, int N, int K, cons
 }
 
 /* B as a constant, so the accumulators stay in registers */
-T_TILE static void tile16(int qt, const uint8_t *W, int64_t rb, int N, int K, const act_t *A, const int32_t *sq,
+static void gather16(int qt, const uint8_t *W, int64_t rb, int N, int K, const act_t *A, const int32_t *sq,
                           int B, float *y, int n0) {
     switch (B) {
-    case 1: tile16_b(qt, W, rb, N, K, A, sq, 1, y, n0); break;
-    case 2: tile16_b(qt, W, rb, N, K, A, sq, 2, y, n0); break;
-    case 3: tile16_b(qt, W, rb, N, K, A, sq, 3, y, n0); break;
-    case 4: tile16_b(qt, W, rb, N, K, A, sq, 4, y, n0); break;
-    case 5: tile16_b(qt, W, rb, N, K, A, sq, 5, y, n0); break;
-    case 6: tile16_b(qt, W, rb, N, K, A, sq, 6, y, n0); break;
-    case 7: tile16_b(qt, W, rb, N, K, A, sq, 7, y, n0); break;
-    default: tile16_b(qt, W, rb, N, K, A, sq, 8, y, n0); break;
+    case 1: gather16_b(qt, W, rb, N, K, A, sq, 1, y, n0); break;
+    case 2: gather16_b(qt, W, rb, N, K, A, sq, 2, y, n0); break;
+    case 3: gather16_b(qt, W, rb, N, K, A, sq, 3, y, n0); break;
+    case 4: gather16_b(qt, W, rb, N, K, A, sq, 4, y, n0); break;
+    case 5: gather16_b(qt, W, rb, N, K, A, sq, 5, y, n0); break;
+    case 6: gather16_b(qt, W, rb, N, K, A, sq, 6, y, n0); break;
+    case 7: gather16_b(qt, W, rb, N, K, A, sq, 7, y, n0); break;
+    default: gather16_b(qt, W, rb, N, K, A, sq, 8, y, n0); break;
     }
+}
+
+#define GATHER16(name, QT)                                                                                   \
+    static void name(const uint8_t *W, int64_t rb, int N, int K, const act_t *A, const int32_t *sq, int B,  \
+                     float *y, int n0) {                                                                     \
+        gather16(QT, W, rb, N, K, A, sq, B, y, n0);                                                          \
+    }
+GATHER16(gather16_q4_0_q8_0_avx512, ER_Q4_0)
+GATHER16(gather16_q5_0_q8_0_avx512, ER_Q5_0)
+GATHER16(gather16_q8_0_q8_0_avx512, ER_Q8_0)
+#undef GATHER16
+
+void er_fill_gather16_avx512(er_kernels_t *k) {
+    q5_sel_init();
+    k->type[ER_Q4_0].gather16 = gather16_q4_0_q8_0_avx512;
+    k->type[ER_Q5_0].gather16 = gather16_q5_0_q8_0_avx512;
+    k->type[ER_Q8_0].gather16 = gather16_q8_0_q8_0_avx512;
 }
 
 #endif
