@@ -167,10 +167,19 @@ def _sampling(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edgerun.generate import ContextOverflowError, stream
+    from edgerun.serving.speculative import SpeculativeError, config_from_args, speculator_from_args
     from edgerun.text.tokenizer import ChatTemplateError
 
     params = _sampling(args)
+    try:
+        config_from_args(args)  # a bad flag fails before the model loads
+    except SpeculativeError as e:
+        raise CLIError(str(e)) from None
     runner = _load_runner(args)
+    try:
+        spec = speculator_from_args(args, runner)
+    except SpeculativeError as e:
+        raise CLIError(str(e)) from None
     tok = runner.tokenizer
     try:
         ids = (tok.encode_chat([{"role": "user", "content": args.prompt}]) if args.chat
@@ -183,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     gen_ids: list[int] = []
     ev = None
     try:
-        for ev in stream(runner, ids, params):
+        for ev in stream(runner, ids, params, spec):
             parts.append(ev.text)
             gen_ids += ev.token_ids
             if not args.json and ev.text:
@@ -200,13 +209,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             "ttft_ms": round(t.ttft_s * 1000, 2), "prefill_tok_s": round(t.prefill_tok_s, 2),
             "decode_tok_s": round(t.decode_tok_s, 2), "backend": runner.backend.name,
             "threads": runner.n_threads,
+            **({"speculative": {"mode": spec.mode, "proposed": ev.spec.proposed, "accepted": ev.spec.accepted,
+                                "acceptance_rate": round(ev.spec.acceptance_rate, 4),
+                                "tokens_per_step": round(ev.spec.tokens_per_step, 3)}}
+               if spec is not None and ev.spec is not None else {}),
         }))
     else:
         sys.stdout.write("\n")
         t = ev.timings
+        st = ev.spec
+        sp = (f", {spec.mode}: {st.accepted}/{st.proposed} accepted, {st.tokens_per_step:.2f} tokens/step"
+              if spec is not None and st is not None else "")
         print(f"[{len(ids)} prompt tokens, {len(gen_ids)} generated; ttft {t.ttft_s * 1000:.0f} ms, "
               f"prefill {t.prefill_tok_s:.1f} tok/s, decode {t.decode_tok_s:.1f} tok/s, "
-              f"{runner.backend.name} x{runner.n_threads}]", file=sys.stderr)
+              f"{runner.backend.name} x{runner.n_threads}{sp}]", file=sys.stderr)
     return 0
 
 
@@ -272,6 +288,8 @@ _OPTIONAL = {"bench": "edgerun.bench", "plan": "edgerun.runtime.plan_cli", "serv
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with `command`, only that optional subcommand's module is imported."""
+    from edgerun.serving.speculative import add_speculative_args
+
     ap = _Parser(prog="edgerun", description="Run GGUF language models locally.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -301,6 +319,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--chat", action="store_true", help="send the prompt through the chat template")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_speculative_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("perplexity", help="perplexity of a text file")

@@ -358,18 +358,20 @@ def _serve(args: argparse.Namespace) -> int:
     from edgerun.models.base import ModelLoadError
     from edgerun.quant.gguf_file import GGUFError
     from edgerun.runtime.hybrid import runner_from_args
+    from edgerun.serving.speculative import speculator_from_args
 
     try:
         path = resolve_model(args.model)
+        tiles = args.max_running >= 2 and not args.no_batch_tiles
         runner = runner_from_args(path, args, n_ctx=args.ctx, n_threads=args.threads,
-                                  num_blocks=args.kv_blocks, backend=args.backend,
-                                  batch_tiles=args.max_running >= 2 and not args.no_batch_tiles)
+                                  num_blocks=args.kv_blocks, backend=args.backend, batch_tiles=tiles)
+        spec = speculator_from_args(args, runner, batch_tiles=tiles)
     except (ModelError, GGUFError, ModelLoadError, ValueError) as e:
         print(f"edgerun: error: {e}", file=sys.stderr)
         return 2
     name = getattr(runner, "model_name", None) or str(args.model)
     engine = Engine(runner, max_running=args.max_running, max_queue=args.max_queue,
-                    max_batch_tokens=args.max_batch_tokens).start()
+                    max_batch_tokens=args.max_batch_tokens, speculative=spec).start()
     app = create_app(engine, name, api_key=args.api_key, aliases=(str(args.model), path.stem, path.name))
     print(f"edgerun: serving {name} on http://{args.host}:{args.port}/v1 (ctx {runner.n_ctx})", flush=True)
     try:
@@ -400,6 +402,8 @@ def register(sub: Any) -> None:
                    help="CPU kernels")
     p.add_argument("--log-level", default="info")
     from edgerun.cli import add_placement_args
+    from edgerun.serving.speculative import add_speculative_args
 
     add_placement_args(p)
+    add_speculative_args(p)
     p.set_defaults(func=_serve)
