@@ -363,7 +363,9 @@ class Engine:
             inputs.append(SeqInput(tokens=np.asarray(seq.token_ids[start : start + n], dtype=np.int32),
                                    start_pos=start, block_table=self.kv.block_table(seq.seq_id)))
         plans = self._spec_plan(out.scheduled, inputs)
+        t_fwd = time.perf_counter()
         logits = self.runner.forward(inputs)
+        self._spec_note_step(out.scheduled, inputs, time.perf_counter() - t_fwd)
         self._totals["steps"] += 1
         now = time.perf_counter()
         for s, lg in zip(out.scheduled, logits, strict=True):
@@ -463,18 +465,20 @@ class Engine:
         spec = self.spec
         if spec is None or not spec.enabled:
             return {}
+        decoding = [i for i, s in enumerate(scheduled) if s.num_new_tokens == 1
+                    and s.seq.num_output_tokens > 0 and s.seq.num_computed_tokens + 1 == s.seq.num_tokens]
+        other_rows = sum(s.num_new_tokens for s in scheduled) - len(decoding)
+        per_seq = spec.batch_limit(other_rows, len(decoding))
         cands = []
-        for i, s in enumerate(scheduled):
-            seq = s.seq
-            decoding = seq.num_output_tokens > 0 and seq.num_computed_tokens + 1 == seq.num_tokens
-            if s.num_new_tokens == 1 and decoding:
-                req: _Request = seq.data
-                if req.spec is None:
-                    req.spec = spec.new_state(req.params.seed)
-                limit = min(seq.max_tokens - seq.num_output_tokens - 1, self.n_ctx - seq.num_tokens - 1)
-                k = spec.choose_k(req.spec, limit, batch=len(scheduled))
-                if k > 0:
-                    cands.append((i, seq, k))
+        for i in decoding:
+            seq = scheduled[i].seq
+            req: _Request = seq.data
+            if req.spec is None:
+                req.spec = spec.new_state(req.params.seed)
+            limit = min(per_seq, seq.max_tokens - seq.num_output_tokens - 1, self.n_ctx - seq.num_tokens - 1)
+            k = spec.choose_k(req.spec, limit, batch=len(scheduled))
+            if k > 0:
+                cands.append((i, seq, k))
         if not cands:
             return {}
         props = spec.propose([(s.data.spec, s.token_ids, k, s.data.params) for _, s, k in cands])
@@ -514,6 +518,14 @@ class Engine:
             if self._emit(seq, tok, now):
                 return
         self.kv.cache_blocks(seq)
+
+    def _spec_note_step(self, scheduled: list[Any], inputs: list[SeqInput], seconds: float) -> None:
+        """Time one-sequence decode steps by rows: the unit costs of the adaptive k."""
+        if self.spec is None or len(scheduled) != 1:
+            return
+        seq = scheduled[0].seq
+        if seq.num_output_tokens > 0:
+            self.spec.costs.note_target(len(inputs[0].tokens), seconds)
 
     def _spec_plain_step(self, req: _Request) -> None:
         """Count a step that produced one token without proposals (tokens-per-step statistics)."""

@@ -21,19 +21,26 @@ on the proposal. p and q are the distributions the sampler really draws from (re
 top-k, top-p, min-p and temperature applied), so the output distribution is the target's.
 
 k adapts per sequence: the per-token acceptance rate alpha (a moving average) predicts
-E[tokens per step] = (1 - alpha^(k+1)) / (1 - alpha); the cost of a step is 1 + k * draft_cost
-+ k * row_cost (draft_cost: the draft's bytes over the target's, as decode reads every weight
-once per token; row_cost: one more row of a batched target step). The k that maximises tokens
-per cost wins; 0 (no speculation this step) when nothing beats a plain step. Under continuous
+E[tokens per step] = (1 - alpha^(k+1)) / (1 - alpha); a step with k proposals costs
+(T(k+1) + k * T_draft) / T(1), where T(n) is the measured time of an n-row target step and T_draft
+of one draft token (`StepCosts`; before any measurement: the draft's bytes over the target's, as
+decode reads every weight once per token, and ROW_COST a row). The k that maximises tokens per
+cost wins; 0 (no speculation this step) when nothing beats a plain step. Under continuous
 batching a full batch already reads each weight once for many tokens, so the rows a step may
 add for verification shrink as the batch grows (`max_batch_rows`).
+
+A verification step has at most MAX_ROWS rows: up to there the native kernels run the
+small-batch path, whose logits for a row are bit-identical to a one-row step's (measured: 0.0
+difference for 2..16 rows, 0.44 at 17 rows, where the larger-batch kernels take over), which is
+what makes greedy speculation token-for-token equal to plain decoding.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +58,11 @@ from edgerun.text.sampling import (
     top_p_filter,
 )
 
-# one more row in a batched target step costs about this fraction of a one-row step
-# (issue 17: the 0.5B's 4-row step is ~1.2x its 1-row step -> ~0.07 a row)
+# one more row in a batched target step costs about this fraction of a one-row step before it is
+# measured (issue 17: the 0.5B's 4-row step is ~1.2x its 1-row step -> ~0.07 a row)
 ROW_COST = 0.07
+# rows of one verification step (k + 1); see the module docstring
+MAX_ROWS = 16
 # acceptance estimate: evidence fades by this factor per verified token; a prior of 0.7
 # (worth two tokens) keeps the first steps speculating
 ALPHA_DECAY = 0.9
@@ -82,8 +91,10 @@ class SpecConfig:
     def __post_init__(self) -> None:
         if self.draft_model and self.lookup:
             raise SpeculativeError("--draft-model and --lookup are exclusive: pick one proposer")
-        if self.draft_max is not None and not 1 <= self.draft_max <= 64:
-            raise SpeculativeError(f"--draft-max must be in 1..64, got {self.draft_max}")
+        if self.draft_max is not None and not 1 <= self.draft_max <= MAX_ROWS - 1:
+            raise SpeculativeError(f"--draft-max must be in 1..{MAX_ROWS - 1}, got {self.draft_max} "
+                                   f"(a verification step of more than {MAX_ROWS} rows leaves the "
+                                   "kernels whose results equal plain decoding)")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise SpeculativeError("lookup n-gram sizes need 1 <= min <= max")
 
@@ -95,7 +106,7 @@ class SpecConfig:
     def k_max(self) -> int:
         if self.draft_max is not None:
             return self.draft_max
-        return 8 if self.draft_model else 16
+        return 8 if self.draft_model else MAX_ROWS - 1
 
 
 def add_speculative_args(p: argparse.ArgumentParser) -> None:
@@ -108,7 +119,7 @@ def add_speculative_args(p: argparse.ArgumentParser) -> None:
                    help="propose the continuation of the longest n-gram match in the prompt and "
                         "output (no draft model; best when the answer repeats the input)")
     g.add_argument("--draft-max", type=int, default=None, metavar="K",
-                   help="most tokens proposed per step (default 8 with a draft model, 16 with "
+                   help="most tokens proposed per step (default 8 with a draft model, 15 with "
                         "--lookup); fewer are proposed while the acceptance rate is low")
 
 
@@ -211,14 +222,64 @@ def expected_tokens(alpha: float, k: int) -> float:
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
 
-def best_k(alpha: float, k_max: int, draft_cost: float, row_cost: float = ROW_COST) -> int:
-    """The k in 0..k_max with the most tokens per unit of step cost (0: a plain step is best)."""
+def best_k(alpha: float, k_max: int, draft_cost: float | None = None, row_cost: float = ROW_COST,
+           cost: Callable[[int], float] | None = None) -> int:
+    """The k in 0..k_max with the most tokens per unit of step cost (0: a plain step is best).
+
+    `cost(k)`: a step with k proposals over a plain step; by default 1 + k * (draft_cost + row_cost).
+    """
+    if cost is None:
+        dc = draft_cost or 0.0
+
+        def cost(k: int) -> float:
+            return 1.0 + k * (dc + row_cost)
+
     best, best_rate = 0, 1.0
     for k in range(1, k_max + 1):
-        rate = expected_tokens(alpha, k) / (1.0 + k * (draft_cost + row_cost))
+        rate = expected_tokens(alpha, k) / cost(k)
         if rate > best_rate * 1.02:  # a 2% margin: do not speculate for noise-level gains
             best, best_rate = k, rate
     return best
+
+
+class StepCosts:
+    """Measured step times: T(n) of an n-row target step and T_draft of one draft token, as
+    moving averages; unmeasured row counts are interpolated (or guessed from ROW_COST)."""
+
+    def __init__(self, draft_guess: float = 0.0) -> None:
+        self.t = np.zeros(MAX_ROWS + 1)  # seconds by row count (0: not measured)
+        self.draft_guess = draft_guess  # draft token / one-row step before measuring
+        self.t_draft = 0.0
+
+    def note_target(self, rows: int, seconds: float) -> None:
+        if 1 <= rows <= MAX_ROWS and seconds > 0:
+            old = self.t[rows]
+            self.t[rows] = seconds if old == 0 else 0.8 * old + 0.2 * seconds
+
+    def note_draft(self, tokens: int, seconds: float) -> None:
+        if tokens > 0 and seconds > 0:
+            per = seconds / tokens
+            self.t_draft = per if self.t_draft == 0 else 0.8 * self.t_draft + 0.2 * per
+
+    def rows(self, n: int) -> float:
+        """T(n) / T(1)."""
+        t1 = self.t[1]
+        if t1 == 0:
+            return 1.0 + ROW_COST * (n - 1)
+        if self.t[n] > 0:
+            return float(self.t[n] / t1)
+        known = [i for i in range(2, MAX_ROWS + 1) if self.t[i] > 0]
+        if not known:
+            return 1.0 + ROW_COST * (n - 1)
+        # per-row slope from the nearest measured row count
+        m = min(known, key=lambda i: abs(i - n))
+        slope = max((self.t[m] / t1 - 1.0) / (m - 1), 0.0)
+        return 1.0 + slope * (n - 1)
+
+    def step(self, k: int) -> float:
+        """Cost of a step with k proposals (verification plus drafting) over a plain step."""
+        d = self.t_draft / self.t[1] if self.t_draft > 0 and self.t[1] > 0 else self.draft_guess
+        return self.rows(k + 1) + k * d
 
 
 @dataclass
@@ -231,6 +292,7 @@ class SeqSpec:
     steps: int = 0  # target steps that produced this sequence's tokens
     tokens: int = 0  # tokens those steps produced
     skipped: int = 0  # plain steps in a row chosen by the cost model (see `choose_k`)
+    decisions: int = 0  # times `choose_k` ran for this sequence
     draft_len: int = 0  # tokens of this sequence in the draft model's KV cache
     draft_id: int = -1  # the sequence's id in the draft's block manager
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
@@ -455,6 +517,7 @@ class Speculator:
         self.draft = draft
         # decode reads every weight once per token: the draft's step costs its bytes over ours
         self.draft_cost = draft.nbytes / max(_target_bytes(target), 1) if draft is not None else 0.0
+        self.costs = StepCosts(self.draft_cost)
         self.enabled = True  # the chat app's toggle; off: plain steps, same output
 
     @property
@@ -472,19 +535,29 @@ class Speculator:
         if self.draft is not None:
             self.draft.release(st)
 
+    def batch_limit(self, other_rows: int, n_spec: int) -> int:
+        """Most proposals per sequence when `n_spec` decoding sequences may speculate in a step
+        that computes `other_rows` rows besides their own: all rows stay within max_batch_rows
+        (a full batch already shares each weight read among many tokens, and MAX_ROWS keeps
+        the kernels whose results equal plain decoding)."""
+        rows = min(self.config.max_batch_rows, MAX_ROWS)
+        return max(0, (rows - other_rows - n_spec) // max(n_spec, 1))
+
     def choose_k(self, st: SeqSpec, limit: int, batch: int = 1) -> int:
-        """Tokens to propose this step for one sequence of a `batch`-sequence step."""
+        """Tokens to propose this step for one sequence of a `batch`-sequence step, at most
+        `limit` (see `batch_limit`, max_tokens and the context)."""
         if not self.enabled:
             return 0
         cfg = self.config
         k_max = min(cfg.k_max, limit)
-        if batch > 1:  # a full batch already shares each weight read among many tokens
-            k_max = min(k_max, cfg.max_batch_rows // batch - 1)
         if k_max <= 0:
             return 0
         if not cfg.adaptive:
             return k_max
-        k = best_k(st.alpha, k_max, self.draft_cost)
+        st.decisions += 1
+        if batch == 1 and (self.costs.t[1] == 0 or st.decisions % 64 == 0):
+            return 0  # a plain step now and then measures T(1), the unit of every cost
+        k = best_k(st.alpha, k_max, cost=self.costs.step)
         if k == 0 and self.draft is not None:
             # re-measure now and then, so a sequence whose text gets easier is not stuck at 0
             st.skipped += 1
@@ -496,7 +569,13 @@ class Speculator:
                 ) -> list[tuple[list[int], list[Draft] | None]]:
         """Proposals for each (state, history, k, params)."""
         if self.draft is not None:
-            return self.draft.propose(items)  # type: ignore[return-value]
+            # a catch-up over a whole prompt is a prefill, not the per-token cost of drafting
+            catchup = max((len(h) - st.draft_len for st, h, _, _ in items), default=0)
+            t0 = time.perf_counter()
+            out = self.draft.propose(items)
+            if catchup <= 4 and len(items) == 1:
+                self.costs.note_draft(sum(len(p) for p, _ in out), time.perf_counter() - t0)
+            return out  # type: ignore[return-value]
         cfg = self.config
         return [(lookup_propose(h, k, cfg.ngram_max, cfg.ngram_min), None) for _, h, k, _ in items]
 
@@ -545,9 +624,11 @@ def spec_step_tokens(runner: Any, spec: Speculator, prompt: Sequence[int], param
                 ((prop, qs),) = spec.propose([(st, history, k, params)])
             pos = len(history) - 1
             feed = np.asarray([tok] + prop, np.int32)
+            t0 = time.perf_counter()
             (lg,) = runner.forward([SeqInput(feed, pos, table, want_all_logits=True)])
             lg = np.asarray(lg).reshape(len(feed), -1)
             new, acc = verify(lg, prop, qs, history, sampler)
+            spec.costs.note_target(len(feed), time.perf_counter() - t0)
             spec.after_verify(st, len(history), len(prop), acc, len(new))
             for t in new[:-1]:
                 yield t
