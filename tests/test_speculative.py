@@ -313,3 +313,49 @@ def test_distribution_synthetic_draft(synth_pair, monkeypatch):
     counts_bad, _, _ = sample(3000)
     _, _, pval_bad = chi2_test(counts_bad, expected)
     assert pval_bad < 1e-3, f"a broken acceptance rule went unnoticed (p = {pval_bad:.2e})"
+
+
+def test_step_costs_from_measurements():
+    c = sp.StepCosts(draft_guess=0.4)
+    assert c.step(0) == 1.0 and c.step(2) == pytest.approx(1 + 2 * sp.ROW_COST + 0.8)  # guesses
+    c.note_target(1, 0.100)
+    c.note_target(5, 0.140)  # 4 more rows: +40%
+    assert c.rows(5) == pytest.approx(1.4)
+    assert c.rows(3) == pytest.approx(1.2)  # slope of the nearest measured count
+    c.note_draft(4, 0.080)  # 20 ms a draft token = 0.2 of a step
+    assert c.step(4) == pytest.approx(1.4 + 4 * 0.2)
+    # a costly verification row makes k smaller than a cheap one
+    cheap, dear = sp.StepCosts(), sp.StepCosts()
+    for costs, t9 in ((cheap, 0.11), (dear, 0.5)):
+        costs.note_target(1, 0.1)
+        costs.note_target(9, t9)
+    assert sp.best_k(0.8, 15, cost=cheap.step) > sp.best_k(0.8, 15, cost=dear.step)
+
+
+def test_batch_limit_turns_speculation_down_as_the_batch_grows():
+    s = sp.Speculator(sp.SpecConfig(lookup=True), target=type("R", (), {"path": __file__})())
+    assert s.batch_limit(0, 1) == 15
+    assert s.batch_limit(0, 4) == 3  # 4 x (1 + 3) = 16 rows
+    assert s.batch_limit(0, 8) == 1
+    assert s.batch_limit(0, 16) == 0
+    assert s.batch_limit(12, 2) == 1  # a prefill chunk in the step leaves fewer rows
+    assert s.batch_limit(300, 1) == 0
+
+
+def test_kv_trim_gives_back_rejected_blocks():
+    from edgerun.serving.block_pool import KVCacheManager
+    from edgerun.serving.scheduler import Sequence
+
+    kv = KVCacheManager(num_blocks=8, block_size=4)
+    seq = Sequence(prompt_ids=list(range(6)), max_tokens=20)
+    assert kv.allocate_slots(seq, 6) is not None
+    seq.num_computed_tokens = 6
+    seq.token_ids.append(6)
+    assert kv.allocate_slots(seq, 1 + 8) is not None  # the last token and 8 proposals: 15 slots
+    assert len(kv.block_table(seq.seq_id)) == 4
+    seq.num_computed_tokens = 7 + 2  # two accepted
+    seq.token_ids += [7, 8, 9]  # ... and the correction
+    assert kv.trim(seq, seq.num_tokens) == 1  # 10 tokens need 3 blocks
+    assert len(kv.block_table(seq.seq_id)) == 3 and kv.num_used_blocks == 3
+    with pytest.raises(AssertionError):
+        kv.trim(seq, 4)  # never below the computed tokens
