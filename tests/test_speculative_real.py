@@ -58,6 +58,26 @@ def _ids(runner, text: str) -> list[int]:
     return runner.tokenizer.encode_chat([{"role": "user", "content": text}])
 
 
+# Where the small-batch kernels' rows are bit-identical to one-row steps (measured on AVX2: 0.0
+# difference for 2..16 rows), greedy speculation must give exactly the plain tokens. Other ISAs'
+# one-row kernels may sum floats in another order (AVX-512's four-rows-per-pass B=1 kernel): there
+# a split is allowed only at a near tie of the target's own logits (as test_server_real does).
+NEAR_TIE = 0.25
+
+
+def assert_same_greedy(runner, prompt: list[int], got: list[int], want: list[int]) -> None:
+    from edgerun.backends import native
+    from edgerun.generate import prefill
+
+    if got == want:
+        return
+    n = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+    assert native.isa() not in ("avx2", "scalar"), f"tokens differ from plain decoding at {n}"
+    lg = prefill(runner, prompt + want[:n])
+    top2 = sorted(lg)[-2:]
+    assert top2[1] - top2[0] < NEAR_TIE, f"tokens differ at {n} without a near tie"
+
+
 @pytest.mark.parametrize("text", PROMPTS)
 def test_lookup_greedy_same_tokens_05b(q05, text):
     from edgerun.generate import generate
@@ -66,8 +86,7 @@ def test_lookup_greedy_same_tokens_05b(q05, text):
     params = SamplingParams(temperature=0.0, max_tokens=48)
     plain = generate(q05, ids, params)
     res = generate(q05, ids, params, sp.Speculator(sp.SpecConfig(lookup=True), q05))
-    assert res.tokens == plain.tokens
-    assert res.text == plain.text and res.finish_reason == plain.finish_reason
+    assert_same_greedy(q05, ids, res.tokens, plain.tokens)
     assert res.spec is not None and res.spec.tokens == len(res.tokens)
 
 
@@ -95,7 +114,7 @@ def test_draft_greedy_same_tokens_15b(q15_with_draft, text):
     plain = generate(target, ids, params)
     spec = sp.Speculator(sp.SpecConfig(draft_model="qwen-0.5b"), target, draft)
     res = generate(target, ids, params, spec)
-    assert res.tokens == plain.tokens
+    assert_same_greedy(target, ids, res.tokens, plain.tokens)
     assert res.spec is not None and res.spec.proposed > 0 and res.spec.accepted > 0
     # the draft's cache was given back at the end
     assert draft.kv.num_used_blocks == 0
@@ -133,13 +152,15 @@ def test_engine_greedy_same_tokens_concurrent(q05, mode):
     metrics = Metrics()
     eng.observers.append(metrics)
     # all three queued before the engine starts: they prefill in one step, then decode together
-    handles = [eng.submit(_ids(q05, t), params) for t in texts]
+    prompts = [_ids(q05, t) for t in texts]
+    handles = [eng.submit(p, params) for p in prompts]
     with eng:
         outs = [[t for e in h.events() for t in e.token_ids] for h in handles]
         with ThreadPoolExecutor(3) as ex:  # and once more arriving from threads, as a server sees them
             again = list(ex.map(lambda t: eng.generate(_ids(q05, t), params)[1], texts))
         st = eng.stats()
-    assert outs == plain
+    for ids, got, want in zip(prompts, outs, plain, strict=True):
+        assert_same_greedy(q05, ids, got, want)
     # arriving at different steps, a sequence's decode rows may share a step with another's prefill
     # (more rows than the small-batch kernels take, as without speculation): ties may flip there
     assert sum(a == b for a, b in zip(again, plain, strict=True)) >= 2
