@@ -252,8 +252,8 @@ def run_spec_bench(model: str, threads: int, draft: str | None, lookup: bool, dr
                 if log:
                     log(f"run {r + 1}/{repeats} {case:8} {mode:8} {res}")
             for name, llm in llms.items():
-                if name.endswith("lookup") and case != "edit":
-                    continue
+                if lookup and case != "edit":
+                    continue  # llama.cpp has no draft-model speculation here: compare it on lookup
                 res = _llamacpp_decode(llm, ids, gen_tokens)
                 runs.setdefault((case, name), []).append(res)
                 if log:

@@ -204,3 +204,25 @@ def test_cli_run_lookup_json_same_tokens(q05, capsys):
     assert got["speculative"]["mode"] == "lookup" and "acceptance_rate" in got["speculative"]
     assert main(base + ["--draft-model", "no-such-model"]) == 2
     assert "draft model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_engine_draft_15b_greedy_same_tokens(q15_with_draft):
+    """The serve path with the real pair: the 1.5B verifies the 0.5B's proposals for two
+    sequences batched together; each gets its plain tokens."""
+    from edgerun.generate import generate
+    from edgerun.serving.engine import Engine
+
+    target, draft = q15_with_draft
+    params = SamplingParams(temperature=0.0, max_tokens=16)
+    prompts = [_ids(target, p.values[0]) for p in PROMPTS[:2]]
+    plain = [generate(target, p, params).tokens for p in prompts]
+    spec = sp.Speculator(sp.SpecConfig(draft_model="qwen-0.5b", adaptive=False, draft_max=4), target, draft)
+    eng = Engine(target, max_running=2, speculative=spec)
+    handles = [eng.submit(p, params) for p in prompts]
+    with eng:
+        outs = [[t for e in h.events() for t in e.token_ids] for h in handles]
+        st = eng.stats()
+    for p, got, want in zip(prompts, outs, plain, strict=True):
+        assert_same_greedy(target, p, got, want)
+    assert st["spec_accepted"] > 0 and draft.kv.num_used_blocks == 0
