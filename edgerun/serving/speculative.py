@@ -293,6 +293,7 @@ class SeqSpec:
     tokens: int = 0  # tokens those steps produced
     skipped: int = 0  # plain steps in a row chosen by the cost model (see `choose_k`)
     decisions: int = 0  # times `choose_k` ran for this sequence
+    probe_every: int = 16  # plain steps before a one-token draft probe (doubles while useless)
     draft_len: int = 0  # tokens of this sequence in the draft model's KV cache
     draft_id: int = -1  # the sequence's id in the draft's block manager
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
@@ -558,11 +559,15 @@ class Speculator:
         if batch == 1 and (self.costs.t[1] == 0 or st.decisions % 64 == 0):
             return 0  # a plain step now and then measures T(1), the unit of every cost
         k = best_k(st.alpha, k_max, cost=self.costs.step)
-        if k == 0 and self.draft is not None:
-            # re-measure now and then, so a sequence whose text gets easier is not stuck at 0
+        if k > 0:
+            st.probe_every = 16
+        elif self.draft is not None:
+            # re-measure now and then, so a sequence whose text gets easier is not stuck at 0;
+            # a probe costs the draft's catch-up, so probes that change nothing grow rarer
             st.skipped += 1
-            if st.skipped >= 16:
+            if st.skipped >= st.probe_every:
                 st.skipped, k = 0, 1
+                st.probe_every = min(2 * st.probe_every, 512)
         return k
 
     def propose(self, items: list[tuple[SeqSpec, list[int], int, SamplingParams]]
