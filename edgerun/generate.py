@@ -10,12 +10,16 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgerun.runtime.runner import Runner, SeqInput
-from edgerun.serving.types import StreamEvent, Timings, Usage
+from edgerun.serving.types import SpecStats, StreamEvent, Timings, Usage
 from edgerun.text.sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from edgerun.serving.speculative import SeqSpec, Speculator
 
 
 class ContextOverflowError(ValueError):
@@ -35,8 +39,13 @@ def prefill(runner: Runner, ids: Sequence[int], chunk: int = 512, all_logits: bo
 
 
 def step_tokens(runner: Runner, prompt: Sequence[int], params: SamplingParams,
-                timings: Timings | None = None) -> Iterator[int]:
-    """Yield sampled token ids until EOS or max_tokens (stop strings are the caller's)."""
+                timings: Timings | None = None, spec: Speculator | None = None,
+                spec_state: SeqSpec | None = None) -> Iterator[int]:
+    """Yield sampled token ids until EOS or max_tokens (stop strings are the caller's).
+
+    With `spec`, decoding is speculative (serving/speculative.py): the same tokens under greedy
+    sampling, the same distribution otherwise; `spec_state` collects its statistics.
+    """
     n_prompt = len(prompt)
     if n_prompt == 0:
         raise ValueError("empty prompt")
@@ -53,6 +62,11 @@ def step_tokens(runner: Runner, prompt: Sequence[int], params: SamplingParams,
     if timings is not None:
         timings.ttft_s = t1 - t0
         timings.prefill_tok_s = n_prompt / max(t1 - t0, 1e-9)
+    if spec is not None:
+        from edgerun.serving.speculative import spec_step_tokens
+
+        yield from spec_step_tokens(runner, spec, prompt, params, table, logits, max_new, spec_state)
+        return
     pos = n_prompt
     for i in range(max_new):
         tok = sampler.sample(logits, history)
@@ -73,10 +87,15 @@ class GenerationResult:
     prompt_tokens: int
     finish_reason: str
     timings: Timings = field(default_factory=Timings)
+    spec: SpecStats | None = None
 
 
-def stream(runner: Runner, prompt: Sequence[int], params: SamplingParams) -> Iterator[StreamEvent]:
-    """Text deltas with stop strings held back until resolved; the last event has a reason."""
+def stream(runner: Runner, prompt: Sequence[int], params: SamplingParams,
+           spec: Speculator | None = None) -> Iterator[StreamEvent]:
+    """Text deltas with stop strings held back until resolved; the last event has a reason.
+
+    With `spec` (speculative decoding) every event carries the request's `SpecStats`.
+    """
     tok = runner.tokenizer
     dec = tok.stream_decoder()
     timings = Timings()
@@ -87,7 +106,12 @@ def stream(runner: Runner, prompt: Sequence[int], params: SamplingParams) -> Ite
     t_start = time.perf_counter()
     t_first = None
     pending: list[int] = []
-    for tid in step_tokens(runner, prompt, params, timings):
+    st = spec.new_state(params.seed) if spec is not None else None
+
+    def stats() -> SpecStats | None:
+        return st.stats() if st is not None else None
+
+    for tid in step_tokens(runner, prompt, params, timings, spec, st):
         usage.completion_tokens += 1
         pending.append(tid)
         if t_first is None:
@@ -103,7 +127,8 @@ def stream(runner: Runner, prompt: Sequence[int], params: SamplingParams) -> Ite
             break
         safe = len(text) - hold if hold else len(text)
         if safe > sent:
-            yield StreamEvent(text=text[sent:safe], token_ids=pending, usage=usage, timings=timings)
+            yield StreamEvent(text=text[sent:safe], token_ids=pending, usage=usage, timings=timings,
+                              spec=stats())
             sent, pending = safe, []
     else:
         text += dec.flush()
@@ -113,17 +138,19 @@ def stream(runner: Runner, prompt: Sequence[int], params: SamplingParams) -> Ite
         timings.decode_tok_s = n_dec / max(t_end - t_first, 1e-9)
     timings.total_s = t_end - t_start
     yield StreamEvent(text=text[sent:], token_ids=pending, finish_reason=reason, usage=usage,
-                      timings=timings)
+                      timings=timings, spec=stats())
 
 
-def generate(runner: Runner, prompt: Sequence[int], params: SamplingParams) -> GenerationResult:
-    """Run to completion; returns text, generated ids and timings."""
+def generate(runner: Runner, prompt: Sequence[int], params: SamplingParams,
+             spec: Speculator | None = None) -> GenerationResult:
+    """Run to completion; returns text, generated ids and timings (and `spec` statistics)."""
     parts, ids = [], []
     ev = StreamEvent()
-    for ev in stream(runner, prompt, params):
+    for ev in stream(runner, prompt, params, spec):
         parts.append(ev.text)
         ids += ev.token_ids
-    return GenerationResult("".join(parts), ids, len(prompt), ev.finish_reason or "length", ev.timings)
+    return GenerationResult("".join(parts), ids, len(prompt), ev.finish_reason or "length", ev.timings,
+                            ev.spec)
 
 
 def perplexity(runner: Runner, ids: Sequence[int], ctx: int) -> tuple[float, int, int]:

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from edgerun.cli.args import CLIError, add, positive_int
+from edgerun.serving.spec_flags import add_speculative_args
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=3, help="timed runs; medians reported")
     p.add_argument("--vs", choices=["llamacpp"], default=None, help="measure llama.cpp in the same run")
     add(p, "json")
+    add_speculative_args(p)
     return p
 
 
@@ -40,6 +42,20 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(msg, file=sys.stderr)
 
+    draft, lookup = args.draft_model, bool(args.lookup)
+    if draft or lookup or args.draft_max is not None:
+        from edgerun.bench import format_spec_table, run_spec_bench
+        from edgerun.serving.speculative import SpeculativeError
+
+        if not (draft or lookup):
+            raise CLIError("--draft-max needs --draft-model or --lookup")
+        try:
+            res = run_spec_bench(args.model, threads, draft, lookup, args.draft_max,
+                                 args.gen_tokens, args.vs, args.repeats, args.backend, log)
+        except (ModelError, SpeculativeError) as e:
+            raise CLIError(str(e)) from None
+        print(json.dumps(res) if args.json else format_spec_table(res))
+        return 0
     try:
         res = run_bench(args.model, threads, args.prompt_tokens, args.gen_tokens, args.vs, args.repeats,
                         args.backend, log)

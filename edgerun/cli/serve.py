@@ -6,8 +6,18 @@ import argparse
 import signal
 from typing import Any
 
-from edgerun.cli.args import LOG_LEVELS, add, add_model_args, load_runner, log_level, port, positive_int
+from edgerun.cli.args import (
+    LOG_LEVELS,
+    CLIError,
+    add,
+    add_model_args,
+    load_runner,
+    log_level,
+    port,
+    positive_int,
+)
 from edgerun.server.options import add_server_safety_args
+from edgerun.serving.spec_flags import add_speculative_args
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
@@ -29,6 +39,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--log-level", type=log_level, default="info", metavar="LEVEL",
                    help=f"uvicorn's log level: {', '.join(LOG_LEVELS)} (default %(default)s)")
     add_server_safety_args(p)
+    add_speculative_args(p)
     return p
 
 
@@ -40,14 +51,24 @@ def run(args: argparse.Namespace) -> int:
     from edgerun.server.guard import guarded_protocol
     from edgerun.server.options import ServerSafety
     from edgerun.serving.engine import Engine
+    from edgerun.serving.speculative import SpeculativeError, config_from_args, speculator_from_args
 
     server_class = _server_class()
-    runner = load_runner(args, num_blocks=args.kv_blocks,
-                         batch_tiles=args.max_running >= 2 and not args.no_batch_tiles)
+    try:
+        config_from_args(args)  # a bad flag fails before the model loads
+    except SpeculativeError as e:
+        raise CLIError(str(e)) from None
+    tiles = args.max_running >= 2 and not args.no_batch_tiles
+    runner = load_runner(args, num_blocks=args.kv_blocks, batch_tiles=tiles)
+    try:
+        spec = speculator_from_args(args, runner, batch_tiles=tiles)
+    except SpeculativeError as e:
+        raise CLIError(str(e)) from None
     path = runner.path
     name = getattr(runner, "model_name", None) or str(args.model)
     engine = Engine(runner, max_running=args.max_running, max_queue=args.max_queue,
-                    max_batch_tokens=args.max_batch_tokens, deterministic=args.deterministic).start()
+                    max_batch_tokens=args.max_batch_tokens, deterministic=args.deterministic,
+                    speculative=spec).start()
     safety = ServerSafety.from_args(args)
     try:
         app = create_app(engine, name, api_key=args.api_key,

@@ -17,6 +17,8 @@ PREFIX = "edgerun"
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
+SPEC_RATE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+SPEC_TPS_BUCKETS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
 
 
@@ -100,6 +102,12 @@ class Metrics:
                              "Time between consecutive generated tokens of a request.", ITL_BUCKETS)
         self.e2e = Histogram(f"{PREFIX}_e2e_request_latency_seconds",
                              "Time from request arrival to its last token.", E2E_BUCKETS)
+        self.spec_acceptance = Histogram(
+            f"{PREFIX}_spec_acceptance_rate",
+            "Per finished speculative request: accepted / proposed tokens.", SPEC_RATE_BUCKETS)
+        self.spec_tokens_per_step = Histogram(
+            f"{PREFIX}_spec_tokens_per_step",
+            "Per finished speculative request: generated tokens / target steps.", SPEC_TPS_BUCKETS)
         self.prompt_tokens = 0
         self.cached_prompt_tokens = 0
         self.generation_tokens = 0
@@ -122,6 +130,11 @@ class Metrics:
             self.generation_tokens += event.usage.completion_tokens
             r = event.finish_reason or "unknown"
             self.finished[r] = self.finished.get(r, 0) + 1
+            sp = event.spec
+            if sp is not None and sp.proposed:
+                self.spec_acceptance.observe(sp.acceptance_rate)
+            if sp is not None and sp.steps:
+                self.spec_tokens_per_step.observe(sp.tokens_per_step)
 
     def on_http_error(self, status: int) -> None:
         with self._lock:
@@ -132,6 +145,8 @@ class Metrics:
         p = PREFIX
         with self._lock:
             lines = self.ttft.render() + self.itl.render() + self.e2e.render()
+            if stats.get("spec_mode"):
+                lines += self.spec_acceptance.render() + self.spec_tokens_per_step.render()
             lines += _scalar("counter", f"{p}_prompt_tokens_total", "Prompt tokens of finished requests.",
                              float(self.prompt_tokens))
             lines += _scalar("counter", f"{p}_prompt_tokens_cached_total",
@@ -165,6 +180,15 @@ class Metrics:
         lines += _scalar("gauge", f"{p}_batch_tiles_bytes",
                          "Memory of the batch-friendly copy of the weights (0: none).",
                          float(stats.get("batch_tiles_bytes", 0)))
+        if stats.get("spec_mode"):
+            lines += _scalar("counter", f"{p}_spec_proposed_tokens_total",
+                             "Tokens proposed by speculative decoding (draft model or prompt lookup).",
+                             [(f'{{mode="{stats["spec_mode"]}"}}', float(stats.get("spec_proposed", 0)))])
+            lines += _scalar("counter", f"{p}_spec_accepted_tokens_total",
+                             "Proposed tokens the model accepted.",
+                             [(f'{{mode="{stats["spec_mode"]}"}}', float(stats.get("spec_accepted", 0)))])
+            lines += _scalar("counter", f"{p}_spec_verify_steps_total",
+                             "Sequence steps that verified proposals.", float(stats.get("spec_steps", 0)))
         if model_name:
             lines += _scalar("gauge", f"{p}_model_info", "The served model.",
                              [(f'{{model="{model_name}"}}', 1.0)])

@@ -244,6 +244,26 @@ class KVCacheManager:
             self.pool.cache_block(table[i], hashes[i])
         self._num_cached_blocks[seq.seq_id] = num_full
 
+    def trim(self, seq: SeqLike, num_tokens: int) -> int:
+        """Give back the blocks past the first `num_tokens` tokens of `seq` (speculative decoding
+        rolls back rejected positions this way); returns how many were freed.
+
+        Call only with `num_tokens >= seq.num_computed_tokens`: computed KV is never dropped.
+        Blocks past the computed tokens carry no prefix-cache hash (only full computed blocks
+        are registered), so they go to the front of the free queue.
+        """
+        assert num_tokens >= seq.num_computed_tokens, "trim would drop computed KV"
+        table = self._tables.get(seq.seq_id)
+        if not table:
+            return 0
+        keep = self.blocks_needed(num_tokens)
+        if len(table) <= keep:
+            return 0
+        tail = table[keep:]
+        del table[keep:]
+        self.pool.free_blocks(tail[::-1])
+        return len(tail)
+
     def free(self, seq: SeqLike | int) -> None:
         """Release every block of a sequence (finish, cancel or preemption)."""
         seq_id = seq if isinstance(seq, int) else seq.seq_id

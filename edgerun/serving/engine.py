@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from edgerun.serving.block_pool import KVCacheManager
 from edgerun.serving.scheduler import Scheduler, Sequence
 from edgerun.serving.types import StreamEvent, Timings, Usage
 from edgerun.text.sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from edgerun.serving.speculative import Draft, SeqSpec, Speculator
+
 
 log = logging.getLogger("edgerun.engine")
 
@@ -203,13 +207,24 @@ class _Request:
     t_sched: float = 0.0
     t_first: float = 0.0
     t_last: float = 0.0
+    spec: SeqSpec | None = None  # speculative-decoding state, made at its first decode step
+
+
+@dataclass
+class _SpecPlan:
+    """One sequence's speculative verification in the current step."""
+
+    proposal: list[int]
+    qs: list[Draft] | None
+    n_before: int  # tokens of the sequence before this step's output
 
 
 class Engine:
     """Continuous-batching engine over a `Runner` (see INTERFACES.md)."""
 
     def __init__(self, runner: Any, max_running: int = 8, max_queue: int = 64, max_batch_tokens: int = 512,
-                 enable_prefix_caching: bool = True, deterministic: bool = False) -> None:
+                 enable_prefix_caching: bool = True, deterministic: bool = False,
+                 speculative: Speculator | None = None) -> None:
         self.runner = runner
         self.deterministic = deterministic
         if deterministic:  # see DETERMINISTIC_MAX_ROWS
@@ -230,6 +245,8 @@ class Engine:
         self._stop = False
         self._totals = {"requests": 0, "finished": 0, "prompt_tokens": 0, "prompt_tokens_computed": 0,
                         "prompt_tokens_cached": 0, "generation_tokens": 0, "steps": 0, "errors": 0}
+        self.spec = speculative
+        self._spec_totals = {"spec_proposed": 0, "spec_accepted": 0, "spec_steps": 0}
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -343,6 +360,8 @@ class Engine:
             "prefix_cache_hit_rate": kv.prefix_hits / kv.prefix_queries if kv.prefix_queries else 0.0,
             "preemptions": self.scheduler.num_preemptions,
             "batch_tiles_bytes": getattr(self.runner, "tile_bytes", 0),
+            "spec_mode": self.spec.mode if self.spec is not None else "",
+            **self._spec_totals,
             **self._totals,
         }
 
@@ -390,12 +409,21 @@ class Engine:
             start = seq.num_computed_tokens
             inputs.append(SeqInput(tokens=np.asarray(seq.token_ids[start : start + n], dtype=np.int32),
                                    start_pos=start, block_table=self.kv.block_table(seq.seq_id)))
+        plans = self._spec_plan(out.scheduled, inputs)
+        t_fwd = time.perf_counter()
         logits = self._forward([s.seq for s in out.scheduled], inputs)
+        self._spec_note_step(out.scheduled, inputs, time.perf_counter() - t_fwd)
         self._totals["steps"] += 1
         now = time.perf_counter()
         for s, lg in zip(out.scheduled, logits, strict=True):
             seq = s.seq
             if lg is None:  # its step failed; the sequence is already finished with the error
+                continue
+            if seq.seq_id in plans:
+                try:
+                    self._spec_accept(seq, plans[seq.seq_id], np.asarray(lg), now)
+                except Exception as e:  # this sequence's sampling failed, not the batch's
+                    self._fail(seq, e, "sampling")
                 continue
             if seq.num_computed_tokens < seq.num_prompt_tokens:
                 self._totals["prompt_tokens_computed"] += min(s.num_new_tokens,
@@ -445,7 +473,13 @@ class Engine:
         req: _Request = seq.data
         if logits.ndim == 2:
             logits = logits[-1]
-        tok = req.sampler.sample(logits, seq.token_ids)
+        if self.spec is not None:
+            self._spec_plain_step(req)
+        self._emit(seq, req.sampler.sample(logits, seq.token_ids), now)
+
+    def _emit(self, seq: Sequence, tok: int, now: float) -> bool:
+        """Append one generated token and stream it; True when the request finished with it."""
+        req: _Request = seq.data
         seq.token_ids.append(tok)
         self._totals["generation_tokens"] += 1
         if not req.t_first:
@@ -465,7 +499,10 @@ class Engine:
         else:
             usage = Usage(prompt_tokens=seq.num_prompt_tokens, completion_tokens=seq.num_output_tokens,
                           cached_tokens=max(seq.num_cached_tokens, 0))
-            seq.data.handle._push(StreamEvent(text=text, token_ids=[tok], usage=usage))
+            seq.data.handle._push(StreamEvent(text=text, token_ids=[tok], usage=usage,
+                                              spec=req.spec.stats() if req.spec is not None else None))
+            return False
+        return True
 
     def _finish(self, seq: Sequence, reason: str, text: str = "", token_ids: list[int] | None = None,
                 error: str | None = None, flush: bool = True) -> None:
@@ -473,6 +510,7 @@ class Engine:
         if req.handle.finished:
             return
         self.scheduler.finish(seq)
+        self._spec_release(req)
         if flush:  # emit what the detokenizer and the stop filter held back
             tail, hit = req.stop.feed(req.detok.flush())
             text += tail if hit else tail + req.stop.flush()
@@ -491,11 +529,98 @@ class Engine:
             if seq.num_output_tokens > 1 and now > first else 0.0,
             total_s=now - t0,
         )
+        spec = req.spec.stats() if req.spec is not None else None
         ev = StreamEvent(text=text, token_ids=token_ids or [], finish_reason=reason, usage=usage,
-                         timings=timings, error=error)
+                         timings=timings, error=error, spec=spec)
         self._totals["finished"] += 1
         self._totals["prompt_tokens"] += seq.num_prompt_tokens
         self._totals["prompt_tokens_cached"] += cached
         req.handle._push(ev)
         for o in self.observers:
             o.on_finish(ev, now - t0)
+
+    # -- speculative decoding (serving/speculative.py) -------------------------------------
+    def set_speculative(self, enabled: bool) -> None:
+        """Turn speculation on or off for the next steps (the chat app's toggle); output is the
+        same either way under greedy sampling."""
+        if self.spec is not None:
+            self.spec.enabled = bool(enabled)
+
+    def _spec_plan(self, scheduled: list[Any], inputs: list[SeqInput]) -> dict[int, _SpecPlan]:
+        """Extend the inputs of decoding sequences with proposed tokens (one batched verification
+        step for all of them); returns the plan of each sequence that got proposals."""
+        spec = self.spec
+        if spec is None or not spec.enabled:
+            return {}
+        decoding = [i for i, s in enumerate(scheduled) if s.num_new_tokens == 1
+                    and s.seq.num_output_tokens > 0 and s.seq.num_computed_tokens + 1 == s.seq.num_tokens]
+        other_rows = sum(s.num_new_tokens for s in scheduled) - len(decoding)
+        per_seq = spec.batch_limit(other_rows, len(decoding))
+        cands = []
+        for i in decoding:
+            seq = scheduled[i].seq
+            req: _Request = seq.data
+            if req.spec is None:
+                req.spec = spec.new_state(req.params.seed)
+            limit = min(per_seq, seq.max_tokens - seq.num_output_tokens - 1, self.n_ctx - seq.num_tokens - 1)
+            k = spec.choose_k(req.spec, limit, batch=len(scheduled))
+            if k > 0:
+                cands.append((i, seq, k))
+        if not cands:
+            return {}
+        props = spec.propose([(s.data.spec, s.token_ids, k, s.data.params) for _, s, k in cands])
+        plans: dict[int, _SpecPlan] = {}
+        for (i, seq, _), (prop, qs) in zip(cands, props, strict=True):
+            n = seq.num_tokens
+            if prop and self.kv.allocate_slots(seq, 1 + len(prop)) is None:
+                prop = []  # no KV room for the proposals: a plain step for this one
+            if not prop:
+                spec.cancel_proposal(seq.data.spec, n)
+                continue
+            plans[seq.seq_id] = _SpecPlan(prop, qs, n)
+            inputs[i] = SeqInput(tokens=np.asarray([seq.token_ids[-1]] + prop, dtype=np.int32),
+                                 start_pos=n - 1, block_table=self.kv.block_table(seq.seq_id),
+                                 want_all_logits=True)
+        return plans
+
+    def _spec_accept(self, seq: Sequence, plan: _SpecPlan, logits: np.ndarray, now: float) -> None:
+        """Verify one sequence's proposals, roll back the rejected positions, stream the tokens."""
+        from edgerun.serving.speculative import verify
+
+        assert self.spec is not None
+        req: _Request = seq.data
+        st = req.spec
+        assert st is not None
+        lg = logits.reshape(len(plan.proposal) + 1, -1)
+        new, acc = verify(lg, plan.proposal, plan.qs, seq.token_ids, req.sampler)
+        self.spec.after_verify(st, plan.n_before, len(plan.proposal), acc, len(new))
+        t = self._spec_totals
+        t["spec_proposed"] += len(plan.proposal)
+        t["spec_accepted"] += acc
+        t["spec_steps"] += 1
+        # the last input token and the accepted proposals are in the cache; the rest is rolled back
+        seq.num_computed_tokens += 1 + acc
+        self.kv.trim(seq, plan.n_before + len(new))
+        for tok in new:
+            if self._emit(seq, tok, now):
+                return
+        self.kv.cache_blocks(seq)
+
+    def _spec_note_step(self, scheduled: list[Any], inputs: list[SeqInput], seconds: float) -> None:
+        """Time one-sequence decode steps by rows: the unit costs of the adaptive k."""
+        if self.spec is None or len(scheduled) != 1:
+            return
+        seq = scheduled[0].seq
+        if seq.num_output_tokens > 0:
+            self.spec.costs.note_target(len(inputs[0].tokens), seconds)
+
+    def _spec_plain_step(self, req: _Request) -> None:
+        """Count a step that produced one token without proposals (tokens-per-step statistics)."""
+        assert self.spec is not None
+        if req.spec is None:
+            req.spec = self.spec.new_state(req.params.seed)
+        req.spec.record(0, 0, 1)
+
+    def _spec_release(self, req: _Request) -> None:
+        if self.spec is not None and req.spec is not None:
+            self.spec.release(req.spec)

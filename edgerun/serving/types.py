@@ -26,6 +26,24 @@ class Timings:
 
 
 @dataclass
+class SpecStats:
+    """Speculative decoding of one request so far (cumulative)."""
+
+    proposed: int = 0  # tokens proposed (draft model or prompt lookup)
+    accepted: int = 0  # of which the target accepted
+    steps: int = 0  # target steps that produced tokens for this request
+    tokens: int = 0  # tokens those steps produced
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.tokens / self.steps if self.steps else 0.0
+
+
+@dataclass
 class StreamEvent:
     """One step of a request's output stream.
 
@@ -41,3 +59,4 @@ class StreamEvent:
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
     error: str | None = None
+    spec: SpecStats | None = None  # set when the request decodes speculatively
