@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgerun.runtime.runner import Runner, SeqInput
+from edgerun.serving.engine import DETERMINISTIC_MAX_ROWS
 from edgerun.serving.types import SpecStats, StreamEvent, Timings, Usage
 from edgerun.text.sampling import Sampler, SamplingParams
 
@@ -40,7 +41,7 @@ def prefill(runner: Runner, ids: Sequence[int], chunk: int = 512, all_logits: bo
 
 def step_tokens(runner: Runner, prompt: Sequence[int], params: SamplingParams,
                 timings: Timings | None = None, spec: Speculator | None = None,
-                spec_state: SeqSpec | None = None) -> Iterator[int]:
+                spec_state: SeqSpec | None = None, prefill_chunk: int = 512) -> Iterator[int]:
     """Yield sampled token ids until EOS or max_tokens (stop strings are the caller's).
 
     With `spec`, decoding is speculative (serving/speculative.py): the same tokens under greedy
@@ -57,7 +58,7 @@ def step_tokens(runner: Runner, prompt: Sequence[int], params: SamplingParams,
     sampler = Sampler(params)
     history = list(prompt)
     t0 = time.perf_counter()
-    logits = prefill(runner, prompt)
+    logits = prefill(runner, prompt, chunk=prefill_chunk)
     t1 = time.perf_counter()
     if timings is not None:
         timings.ttft_s = t1 - t0
@@ -91,10 +92,12 @@ class GenerationResult:
 
 
 def stream(runner: Runner, prompt: Sequence[int], params: SamplingParams,
-           spec: Speculator | None = None) -> Iterator[StreamEvent]:
+           spec: Speculator | None = None, deterministic: bool = False) -> Iterator[StreamEvent]:
     """Text deltas with stop strings held back until resolved; the last event has a reason.
 
     With `spec` (speculative decoding) every event carries the request's `SpecStats`.
+    `deterministic` prefills in steps of at most DETERMINISTIC_MAX_ROWS rows, as `serve
+    --deterministic` does, so the answer is the one the server gives whatever it batches.
     """
     tok = runner.tokenizer
     dec = tok.stream_decoder()
@@ -111,7 +114,8 @@ def stream(runner: Runner, prompt: Sequence[int], params: SamplingParams,
     def stats() -> SpecStats | None:
         return st.stats() if st is not None else None
 
-    for tid in step_tokens(runner, prompt, params, timings, spec, st):
+    chunk = DETERMINISTIC_MAX_ROWS if deterministic else 512
+    for tid in step_tokens(runner, prompt, params, timings, spec, st, prefill_chunk=chunk):
         usage.completion_tokens += 1
         pending.append(tid)
         if t_first is None:

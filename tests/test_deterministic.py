@@ -55,3 +55,14 @@ def test_how_often_they_differ_without_it(runner) -> None:  # type: ignore[no-un
     together = outputs(runner, False, True, PARAMS)
     differ = sum(a != b for a, b in zip(solo, together, strict=True))
     print(f"\nwithout --deterministic: {differ} of {len(TOPICS)} concurrent greedy streams differ from solo")
+
+
+def test_run_path_gives_the_deterministic_servers_answer(runner) -> None:  # type: ignore[no-untyped-def]
+    """`edgerun run/chat --deterministic` (generate.stream with deterministic=True) gives the tokens
+    the deterministic engine gives the same prompt among 7 others."""
+    from edgerun.generate import stream
+
+    together = outputs(runner, True, True, PARAMS)
+    for i, p in enumerate(prompts(runner)[:3]):
+        got = [t for ev in stream(runner, p, PARAMS, deterministic=True) for t in ev.token_ids]
+        assert got == together[i], f"prompt {i}"

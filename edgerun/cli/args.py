@@ -252,6 +252,10 @@ FLAGS: dict[str, Flag] = {
                                "help": "stop string (repeatable)"}),
     # output and connections
     "json": Flag(("--json",), {"action": "store_true", "help": "print JSON"}),
+    "deterministic": Flag(("--deterministic",), {
+        "action": "store_true",
+        "help": "the answer `serve --deterministic` gives, whatever it is batched with: prefill in steps "
+                "of at most 16 rows (slower prefill)"}),
     # an empty key would turn the server's auth off without a word
     "api_key": Flag(("--api-key",), {"type": nonempty, "default": None,
                                      "help": "API key ('Authorization: Bearer KEY')"}),

@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                           "http://127.0.0.1:8080"},
         api_key={"help": "API key for --url"})
     # no default context here: the app uses --ctx when given, else the saved setting (F4)
+    add(p, "deterministic")
     add(p, *LOAD, ctx={"default": None, "help": "context size in tokens (default: the chat settings')"})
 
 

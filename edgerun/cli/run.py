@@ -18,7 +18,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-p", "--prompt", required=True, help="the prompt text")
     add(p, *SAMPLING)
     p.add_argument("--chat", action="store_true", help="send the prompt through the chat template")
-    add(p, "json", json={"help": "print one JSON object"})
+    add(p, "json", "deterministic", json={"help": "print one JSON object"})
     add_speculative_args(p)
     return p
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     gen_ids: list[int] = []
     ev = None
     try:
-        for ev in stream(runner, ids, params, spec):
+        for ev in stream(runner, ids, params, spec, deterministic=args.deterministic):
             parts.append(ev.text)
             gen_ids += ev.token_ids
             if not args.json and ev.text:

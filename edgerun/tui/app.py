@@ -204,10 +204,11 @@ def run(args: argparse.Namespace) -> int:
         from edgerun.catalog import DEFAULT_MODEL
 
         backend = InProcessBackend(args.model or DEFAULT_MODEL, threads=threads, ctx=settings.n_ctx,
-                                   placement=args)
+                                   placement=args, deterministic=args.deterministic)
     app = ChatApp(backend, settings=settings,
                   backend_factory=lambda spec, n_ctx: InProcessBackend(spec, threads=threads, ctx=n_ctx,
-                                                                       placement=args))
+                                                                       placement=args,
+                                                                       deterministic=args.deterministic))
     with native_stderr_to(data_dir() / "chat.log"):
         app.run()
     return 0

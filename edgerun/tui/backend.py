@@ -171,8 +171,9 @@ class InProcessBackend:
     local_context = True  # the context size is ours to choose (a server decides its own)
 
     def __init__(self, model_spec: str, threads: int | None = None, ctx: int = 4096,
-                 placement: Any = None) -> None:
+                 placement: Any = None, deterministic: bool = False) -> None:
         self.model_spec = model_spec
+        self.deterministic = deterministic  # the engine's batch-invariant mode (serve --deterministic)
         self.threads = threads
         self.ctx = ctx
         self.placement_args = placement  # namespace with placement/vram_budget/override, or None
@@ -198,7 +199,7 @@ class InProcessBackend:
 
         opts = runner_options(self.placement_args, n_ctx=self.ctx, n_threads=self.threads)
         self.runner = make_runner(self.path, opts)
-        self.engine = Engine(self.runner)
+        self.engine = Engine(self.runner, deterministic=self.deterministic)
         self.engine.start()
         progress_cb(1, 1, "ready")
 
