@@ -109,7 +109,22 @@ def _matmul(lib: ctypes.CDLL, qt: int, w: np.ndarray, x: np.ndarray) -> tuple[in
 
 
 def test_portable_build_runs_like_the_scalar_path(tmp_path: Path) -> None:
-    """No x86 code at all: the scalar table only, and its products are the full library's scalar ones."""
+    """No x86 code at all: the scalar table only, and its products are the full library's scalar ones.
+
+    Run in a fresh process: earlier tests in this one change the installed library's tuning switches
+    (threads, fused kernels, tiles), which the freshly built portable library does not share."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "from tests.test_native_build import _portable_vs_scalar; _portable_vs_scalar(Path(sys.argv[2]))")
+    r = subprocess.run([sys.executable, "-c", code, str(root), str(tmp_path)], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _portable_vs_scalar(tmp_path: Path) -> None:
     portable = _build(tmp_path, "portable", "-O1", "-DER_NO_X86")
     assert portable.er_isa() == 0 and portable.er_isa_max() == 0
     full = _installed()
