@@ -129,7 +129,8 @@ def _portable_vs_scalar(tmp_path: Path) -> None:
     assert portable.er_isa() == 0 and portable.er_isa_max() == 0
     full = _installed()
     rng = np.random.default_rng(11)
-    old = full.er_set_isa(0)
+    old = full.er_isa()  # er_set_isa returns the level it set, not the previous one
+    full.er_set_isa(0)
     try:
         for qt, k in ((Q4_0, 96), (Q8_0, 256), (Q4_K, 512)):
             w = _weight(qt, 37, k, rng)
