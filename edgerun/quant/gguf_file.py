@@ -420,11 +420,13 @@ class GGUFFile:
         if merges is not None:
             if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
                 raise self._err("tokenizer.ggml.merges: must be an array of strings")
+            # llama.cpp takes a merge's two halves without looking them up (some vocabularies list
+            # merges whose halves are not tokens); only the separating space is required
             for i, m in enumerate(merges):
                 cut = m.find(" ", 1)
-                if cut < 0 or m[:cut] not in index or m[cut + 1:] not in index:
-                    raise self._err(f"tokenizer.ggml.merges[{i}] {m[:40]!r} is not two tokens of the "
-                                    "vocabulary separated by a space")
+                if cut < 0 or cut == len(m) - 1:
+                    raise self._err(f"tokenizer.ggml.merges[{i}] {m[:40]!r} is not two pieces separated "
+                                    "by a space")
         for key, value in md.items():
             if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
                 if self._value_types[key] in (_T_STRING, _T_ARRAY, _T_BOOL, *_FLOAT_TYPES):
