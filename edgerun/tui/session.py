@@ -84,6 +84,7 @@ class ModelSession:
         self._view = SessionView(model_name=model_label or backend_name(backend), state="loading",
                                  settings=settings)
         self._last_progress = 0.0
+        self._last_stage = ""
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -191,9 +192,11 @@ class ModelSession:
 
     def _progress_from_thread(self, backend: ChatBackend, done: int, total: int, stage: str) -> None:
         now = time.monotonic()
-        if stage != "ready" and now - self._last_progress < self.PROGRESS_EVERY_S and done < total:
+        # throttled, but a new stage (resolve -> download -> load) always shows
+        if (stage != "ready" and stage == self._last_stage
+                and now - self._last_progress < self.PROGRESS_EVERY_S and done < total):
             return
-        self._last_progress = now
+        self._last_progress, self._last_stage = now, stage
         if stage != "ready":
             self._to_ui(self._progress, backend, Progress(done, total, stage))
 
