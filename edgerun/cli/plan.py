@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
           f"cpu {_gib(kv['cpu_bytes'])})")
     t = plan.totals
     print(f"total: gpu {_gib(t['gpu'])}, cpu {_gib(t['cpu'])}")
-    for line in plan.speed_lines():
+    for line in plan.speed_lines()[1:]:  # the headline is already among the plan's notes
         print(line)
     for n in plan.notes:
         print(f"note: {n}")

@@ -8,10 +8,6 @@ blocks each sequence owns.
 from __future__ import annotations
 
 import os
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,35 +30,6 @@ class SeqInput:
     want_all_logits: bool = False
 
 
-@contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Run the block with Ctrl+C noted instead of raised; raise it once the block is done.
-
-    llama.cpp's loader calls back into Python for every log line; a KeyboardInterrupt raised
-    inside such a ctypes callback is swallowed (and the loader silences stderr), so Ctrl+C during
-    the vocabulary load was lost, or left the loader hanging. Masking the signal is not enough: the
-    kernel hands it to any thread that does not block it, and Python then runs the handler on the
-    main thread wherever it is, callbacks included. So the Python-level handler is swapped for one
-    that only takes note. Python runs signal handlers on the main thread only: elsewhere, and when
-    SIGINT is ignored or left to the OS, this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.getsignal(signal.SIGINT)
-    if not callable(old):
-        yield
-        return
-    hits: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-    if hits:
-        old(signal.SIGINT, None)  # the usual handler: KeyboardInterrupt, now outside the callbacks
-
-
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -81,8 +48,7 @@ class Runner:
             raise ValueError("context size must be positive")
         self.gguf = model if isinstance(model, GGUFFile) else GGUFFile(model)
         self.path = Path(self.gguf.path)
-        with sigint_deferred():
-            self.tokenizer = Tokenizer(self.path, self.gguf)
+        self.tokenizer = Tokenizer(self.path, self.gguf)
         self.n_threads = n_threads or default_threads()
         self.backend = make_backend(backend, self.n_threads)
         cls = model_class(self.gguf.architecture)
