@@ -246,7 +246,7 @@ def test_cli_table(tiny_gguf: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("argv", [
     ["--ctx", "0"], ["--vram-gb", "-1"], ["--vram-gb", "lots"], ["--placement", "tpu"],
-    ["--override", "x=tpu"], ["--override", "(=gpu"], ["--batch", "0"],
+    ["--override", "x=tpu"], ["--override", "(=gpu"], ["--batch", "0"], ["--gpu", "tpu9000"],
 ])
 def test_cli_bad_values(tiny_gguf: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     try:
